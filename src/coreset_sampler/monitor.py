@@ -739,9 +739,12 @@ class QuadraticLossMonitor:
         params = tuple(self._params)
         if self._hvp == "double_backward":
             return hutchinson_diagonal(
-                func, params, generator=self._generator, num_probes=self.num_probes,
+                func,
+                params,
+                generator=self._generator,
+                num_probes=self.num_probes,
                 method="double_backward",
-            )  # fmt: skip
+            )
         state = self._generator.get_state()
         try:
             return hutchinson_diagonal(
@@ -758,9 +761,12 @@ class QuadraticLossMonitor:
             self._hvp = "double_backward"
             self._generator.set_state(state)
             return hutchinson_diagonal(
-                func, params, generator=self._generator, num_probes=self.num_probes,
+                func,
+                params,
+                generator=self._generator,
+                num_probes=self.num_probes,
                 method="double_backward",
-            )  # fmt: skip
+            )
 
     def _model_terms(self) -> tuple[list[Tensor], list[Tensor]]:
         """Bias-corrected gradient and Hessian diagonal sqrt(v/(1−β2^t)) + ε."""

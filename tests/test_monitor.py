@@ -1,0 +1,673 @@
+"""Tests for coreset_sampler.monitor: Hutchinson, HVPs, the quadratic model, rho, T1, state."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torch.func import hessian
+
+from coreset_sampler.gradients import GradientProxyCallback
+from coreset_sampler.monitor import (
+    QuadraticLossMonitor,
+    hessian_vector_product,
+    hutchinson_diagonal,
+)
+
+DT = torch.float64
+
+
+class _Quadratic(nn.Module):
+    """Per-sample loss ℓ_i(w) = c_i + s·(bᵀw + ½ wᵀAw): same gradient for every example."""
+
+    def __init__(self, a: Tensor, b: Tensor, c: Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(len(b), dtype=DT))
+        self.a, self.b, self.c = a, b, c
+        self.scale = 1.0
+        self.calls: list[tuple[list[int], bool, bool]] = []  # indices, grad enabled, training
+
+    def loss_fn(self, indices: Sequence[int]) -> Tensor:
+        idx = list(indices)
+        self.calls.append((idx, torch.is_grad_enabled(), self.training))
+        q = self.b @ self.w + 0.5 * self.w @ (self.a @ self.w)
+        return self.c[idx] + self.scale * q
+
+    def exact(self, w: Tensor, idx: Sequence[int]) -> float:
+        q = self.b @ w + 0.5 * w @ (self.a @ w)
+        return float(self.c[list(idx)].mean() + self.scale * q)
+
+
+def _quadratic(d: int, *, diagonal: bool, seed: int = 0) -> _Quadratic:
+    g = torch.Generator().manual_seed(seed)
+    if diagonal:
+        a = torch.diag(torch.rand(d, generator=g, dtype=DT) * 2 + 0.5)
+    else:
+        m = torch.randn(d, d, generator=g, dtype=DT)
+        a = m @ m.T / d + torch.diag(torch.rand(d, generator=g, dtype=DT) + 2.0)
+    b = torch.randn(d, generator=g, dtype=DT)
+    c = torch.rand(50, generator=g, dtype=DT) + 10.0
+    return _Quadratic(a, b, c)
+
+
+CORESETS = [list(range(0, 8)), list(range(8, 16))]
+WEIGHTS = [torch.linspace(0.5, 1.5, 8, dtype=DT), torch.ones(8, dtype=DT)]
+CHECK = list(range(20, 50))
+
+
+def _set(model: _Quadratic, w: Tensor) -> None:
+    with torch.no_grad():
+        model.w.copy_(w)
+
+
+def _exact_monitor(model: _Quadratic, **kw: Any) -> QuadraticLossMonitor:
+    return QuadraticLossMonitor(model, model.loss_fn, beta1=0.0, beta2=0.0, eps=1e-12, **kw)
+
+
+# --------------------------------------------------------------------------- quadratic model
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    scale=st.floats(1e-3, 2.0),
+    hvp=st.sampled_from(["jvp", "double_backward"]),
+)
+def test_diagonal_quadratic_has_zero_rho_for_any_delta(seed: int, scale: float, hvp: str) -> None:
+    model = _quadratic(6, diagonal=True, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    w0 = torch.randn(6, generator=g, dtype=DT)
+    _set(model, w0)
+    monitor = _exact_monitor(model, hvp=hvp, seed=seed)  # type: ignore[arg-type]
+    monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    delta = torch.randn(6, generator=g, dtype=DT) * scale
+    _set(model, w0 + delta)
+    report = monitor.check()
+    assert report.rho < 1e-10
+    assert not report.reselect
+    assert report.loss == pytest.approx(model.exact(w0 + delta, CHECK), rel=1e-12)
+
+
+def test_diagonal_quadratic_with_parameter_iterable_and_no_module() -> None:
+    model = _quadratic(5, diagonal=True)
+    _set(model, torch.ones(5, dtype=DT))
+    monitor = QuadraticLossMonitor(
+        model.parameters(), model.loss_fn, beta1=0.0, beta2=0.0, eps=1e-12
+    )
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).hvp == "double_backward"
+    _set(model, torch.full((5,), -0.5, dtype=DT))
+    assert monitor.check().rho < 1e-10
+
+
+@pytest.mark.parametrize("hvp", ["jvp", "double_backward"])
+def test_non_diagonal_quadratic_error_is_the_off_diagonal_term(hvp: str) -> None:
+    d = 6
+    model = _quadratic(d, diagonal=False, seed=3)
+    g = torch.Generator().manual_seed(4)
+    w0 = torch.randn(d, generator=g, dtype=DT)
+    _set(model, w0)
+    monitor = _exact_monitor(model, num_probes=64, hvp=hvp)  # type: ignore[arg-type]
+    monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    delta = torch.randn(d, generator=g, dtype=DT) * 0.3
+    _set(model, w0 + delta)
+    report = monitor.check()
+    # β2 = 0: the model's diagonal is |D̂| + ε with D̂² the stored EMA
+    d_hat = monitor.state_dict()["exp_hessian_sq"][0].sqrt() + monitor.eps
+    a = model.a
+    off = a - torch.diag(torch.diag(a))
+    off_term = 0.5 * float(delta @ off @ delta)
+    diag_err = 0.5 * float(((torch.diag(a) - d_hat) * delta**2).sum())
+    assert report.loss - report.predicted == pytest.approx(off_term + diag_err, rel=1e-9, abs=1e-12)
+    assert report.rho == pytest.approx(abs(off_term + diag_err) / report.loss, rel=1e-9)
+    # the off-diagonal term dominates: the estimate is close to the true diagonal
+    assert abs(diag_err) < 0.5 * abs(off_term)
+
+
+# --------------------------------------------------------------------------- Hutchinson, HVPs
+
+
+def _two_param_function() -> tuple[Any, tuple[Tensor, Tensor], Any]:
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(5, 7, generator=g, dtype=DT)
+    x = torch.randn(7, 3, generator=g, dtype=DT)
+
+    def f(p: Sequence[Tensor]) -> Tensor:
+        w, b = p
+        h = torch.tanh(w @ x + b[:, None])
+        return (h**2).sum() + (m * w).sin().sum() + (b**4).sum()
+
+    params = (torch.randn(5, 7, generator=g, dtype=DT) * 0.5, torch.randn(5, generator=g, dtype=DT))
+
+    def flat(v: Tensor) -> Tensor:
+        return f((v[:35].reshape(5, 7), v[35:]))
+
+    return f, params, flat
+
+
+def _flatten(ts: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+@pytest.mark.parametrize("method", ["jvp", "double_backward"])
+def test_hvp_equals_dense_hessian_times_vector(method: str) -> None:
+    f, params, flat = _two_param_function()
+    dense = hessian(flat)(_flatten(params))
+    g = torch.Generator().manual_seed(1)
+    v = (torch.randn(5, 7, generator=g, dtype=DT), torch.randn(5, generator=g, dtype=DT))
+    if method == "jvp":
+        grads, hv = hessian_vector_product(f, params, v)
+    else:
+        leaves = tuple(p.clone().requires_grad_(True) for p in params)
+        loss = f(leaves)
+        gr = torch.autograd.grad(loss, leaves, create_graph=True)
+        hv = torch.autograd.grad(gr, leaves, grad_outputs=v)
+        grads = tuple(t.detach() for t in gr)
+    torch.testing.assert_close(_flatten(hv), dense @ _flatten(v), rtol=1e-10, atol=1e-10)
+    want_grad = torch.func.grad(flat)(_flatten(params))
+    torch.testing.assert_close(_flatten(grads), want_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["jvp", "double_backward"])
+def test_hutchinson_converges_like_one_over_sqrt_probes(method: str) -> None:
+    f, params, flat = _two_param_function()
+    h = hessian(flat)(_flatten(params))
+    true = torch.diag(h)
+    off = h - torch.diag(true)
+    # E‖D̂_k − diag H‖² = Σ_i Σ_{j≠i} H_ij² / k for Rademacher probes
+    variance_one = float((off**2).sum())
+    if method == "double_backward":
+        params = tuple(p.clone().requires_grad_(True) for p in params)
+    gen = torch.Generator().manual_seed(2)
+    reps = 30
+    mse = {}
+    for k in (1, 4, 16, 64):
+        errs = []
+        for _ in range(reps):
+            grads, diag = hutchinson_diagonal(
+                f,
+                params,
+                generator=gen,
+                num_probes=k,
+                method=method,  # type: ignore[arg-type]
+            )
+            errs.append(float(((_flatten(diag) - true) ** 2).sum()))
+        mse[k] = sum(errs) / reps
+        assert 0.6 < mse[k] / (variance_one / k) < 1.6, (k, mse[k], variance_one / k)
+    # RMS error shrinks like 1/sqrt(k): 64× the probes, about 8× smaller
+    assert 5.0 < math.sqrt(mse[1] / mse[64]) < 12.0
+    torch.testing.assert_close(_flatten(grads), torch.func.grad(flat)(_flatten(params)))
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian() -> None:
+    a = torch.tensor([1.0, -2.0, 3.0], dtype=DT)
+
+    def f(p: Sequence[Tensor]) -> Tensor:
+        return 0.5 * (a * p[0] ** 2).sum()
+
+    gen = torch.Generator().manual_seed(0)
+    grads, diag = hutchinson_diagonal(f, (torch.ones(3, dtype=DT),), generator=gen)
+    assert torch.equal(diag[0], a)
+    assert torch.equal(grads[0], a)
+
+
+# --------------------------------------------------------------------------- δ from the parameters
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.body(x))
+
+
+def _net_and_data() -> tuple[_Net, Tensor, Tensor]:
+    torch.manual_seed(0)
+    net = _Net().to(DT)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 4, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (64,), generator=g)
+    return net, x, y
+
+
+def test_delta_after_sgd_momentum_steps_is_the_parameter_difference() -> None:
+    net, x, y = _net_and_data()
+    cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
+    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, beta1=0.0, beta2=0.0, seed=0)
+    net.train()
+    coresets = [list(range(0, 16)), list(range(16, 32))]
+    weights = [torch.ones(16, dtype=DT), torch.linspace(0.2, 1.8, 16, dtype=DT)]
+    check = list(range(32, 64))
+    report0 = monitor.anchor(coresets, weights, check)
+    w0 = {n: p.detach().clone() for n, p in net.named_parameters()}
+
+    # reference gradient at w0 (eval mode, the anchor's buffers), by torch.func
+    def coreset_loss(p: dict[str, Tensor]) -> Tensor:
+        total = torch.zeros((), dtype=DT)
+        for idx, w in zip(coresets, weights, strict=True):
+            out = torch.func.functional_call(net, p, (x[idx],))
+            total = total + (w * F.cross_entropy(out, y[idx], reduction="none")).mean()
+        return total / len(coresets)
+
+    net.eval()
+    g = torch.func.grad(coreset_loss)(dict(w0))
+    net.train()
+    net.body[1].momentum = 0.0  # keep BN buffers fixed: δ covers parameters only
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for step in range(4):
+        batch = list(range(step * 16, step * 16 + 16))
+        opt.zero_grad()
+        F.cross_entropy(net(x[batch]), y[batch]).backward()
+        opt.step()
+    report = monitor.check()
+    delta = {n: p.detach() - w0[n] for n, p in net.named_parameters()}
+    assert report.delta_norm == pytest.approx(
+        math.sqrt(sum(float((d**2).sum()) for d in delta.values())), rel=1e-12
+    )
+    assert report.delta_norm > 0
+    net.eval()
+    with torch.no_grad():
+        loss_now = float(F.cross_entropy(net(x[check]), y[check]))
+    net.train()
+    diag = [v.sqrt() + monitor.eps for v in monitor.state_dict()["exp_hessian_sq"]]
+    predicted = report0.loss0
+    for (name, d), h in zip(delta.items(), diag, strict=True):
+        predicted += float((g[name] * d).sum() + 0.5 * (h * d**2).sum())
+    assert report.predicted == pytest.approx(predicted, rel=1e-10)
+    assert report.loss == pytest.approx(loss_now, rel=1e-12)
+    assert report.rho == pytest.approx(abs(loss_now - predicted) / loss_now, rel=1e-8)
+
+
+def test_check_evaluates_exactly_the_check_sample_once_without_graph() -> None:
+    model = _quadratic(4, diagonal=True)
+    monitor = _exact_monitor(model)
+    monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    assert model.calls[-1] == (CHECK, False, False)  # L_0: check sample, no graph, eval mode
+    model.calls.clear()
+    monitor.check()
+    assert model.calls == [(CHECK, False, False)]
+    assert sum(len(c[0]) for c in model.calls) == len(CHECK)
+
+
+def test_anchor_evaluates_each_coreset_with_graph_and_nothing_else() -> None:
+    model = _quadratic(4, diagonal=True)
+    monitor = _exact_monitor(model, num_probes=3, hvp="double_backward")
+    monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    # double backward: one forward per coreset (with graph), then L_0 on the check sample
+    assert model.calls == [
+        (CORESETS[0], True, False),
+        (CORESETS[1], True, False),
+        (CHECK, False, False),
+    ]
+
+
+def test_monitor_restores_training_mode_per_submodule_and_evaluates_in_eval() -> None:
+    net, x, y = _net_and_data()
+    net.train()
+    net.body[1].eval()
+    flags = [m.training for m in net.modules()]
+    seen: list[bool] = []
+
+    def loss_fn(indices: Sequence[int]) -> Tensor:
+        seen.append(net.training or net.body[3].training)
+        i = list(indices)
+        return F.cross_entropy(net(x[i]), y[i], reduction="none")
+
+    monitor = QuadraticLossMonitor(net, loss_fn, seed=0)
+    monitor.anchor([list(range(16))], [torch.ones(16, dtype=DT)], list(range(16, 48)))
+    assert [m.training for m in net.modules()] == flags
+    r1 = monitor.check()
+    r2 = monitor.check()
+    assert [m.training for m in net.modules()] == flags
+    assert seen and not any(seen)
+    assert r1.rho == 0.0 and r1.loss == r2.loss  # same V_r, same mode, δ = 0: ρ = 0 exactly
+
+
+def test_monitor_does_not_touch_the_global_rng() -> None:
+    net, x, y = _net_and_data()
+    cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
+    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, num_probes=2)
+    state = torch.random.get_rng_state()
+    monitor.anchor([list(range(16))], [torch.ones(16, dtype=DT)], list(range(16, 48)))
+    monitor.check()
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# --------------------------------------------------------------------------- EMA and T1
+
+
+def test_ema_carries_over_with_bias_correction() -> None:
+    model = _quadratic(3, diagonal=True)
+    b1, b2, eps = 0.5, 0.8, 1e-4
+    monitor = QuadraticLossMonitor(model, model.loss_fn, beta1=b1, beta2=b2, eps=eps)
+    g1 = model.b.clone()
+    d1 = torch.diag(model.a).clone()
+    r1 = monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    assert r1.grad_norm == pytest.approx(float(g1.norm()), rel=1e-12)  # bias-corrected
+    model.scale = 3.0
+    w = torch.tensor([1.0, -1.0, 2.0], dtype=DT)
+    _set(model, w)
+    g2 = 3.0 * (model.b + model.a @ w)
+    d2 = 3.0 * d1
+    r2 = monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    g_hat = (b1 * (1 - b1) * g1 + (1 - b1) * g2) / (1 - b1**2)
+    v_hat = (b2 * (1 - b2) * d1**2 + (1 - b2) * d2**2) / (1 - b2**2)
+    h_hat = v_hat.sqrt() + eps
+    assert r2.grad_norm == pytest.approx(float(g_hat.norm()), rel=1e-12)
+    assert r2.hessian_norm == pytest.approx(float(h_hat.norm()), rel=1e-12)
+    assert r1.hessian_norm == pytest.approx(float((d1 + eps).norm()), rel=1e-12)
+
+
+def test_interval_follows_hessian_norm_ratio() -> None:
+    model = _quadratic(3, diagonal=True)
+    monitor = _exact_monitor(model, interval_multiplier=2.0, max_interval=7)
+    assert monitor.interval == 1
+    r0 = monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    assert r0.interval == 2 == monitor.interval  # ceil(h · ‖H_0‖/‖H_0‖)
+    model.scale = 0.3
+    r1 = monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    assert r1.interval == math.ceil(2.0 * r0.hessian_norm / r1.hessian_norm) == 7
+    model.scale = 0.1
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 7  # capped (would be 20)
+    model.scale = 5.0
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 1
+    assert monitor.check().interval == 1
+
+
+def test_threshold_decides_reselect() -> None:
+    model = _quadratic(4, diagonal=False, seed=1)
+    monitor = _exact_monitor(model, threshold=0.0)
+    monitor.anchor(CORESETS, WEIGHTS, CHECK)
+    _set(model, torch.full((4,), 0.5, dtype=DT))
+    report = monitor.check()
+    assert report.rho > 0.0 and report.reselect
+    monitor.threshold = report.rho
+    assert not monitor.check().reselect
+
+
+# --------------------------------------------------------------------------- state
+
+
+def test_state_round_trip_gives_the_same_rho_and_continues_identically() -> None:
+    net, x, y = _net_and_data()
+    cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
+    a = QuadraticLossMonitor(net, cb.per_sample_loss, seed=7, num_probes=2)
+    coresets = [list(range(16)), list(range(16, 32))]
+    weights = [torch.ones(16, dtype=DT)] * 2
+    a.anchor(coresets, weights, list(range(32, 64)))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.05)
+    state = a.state_dict()
+    b = QuadraticLossMonitor(net, cb.per_sample_loss, seed=123, num_probes=2)
+    b.load_state_dict(state)
+    ra, rb = a.check(), b.check()
+    assert ra.rho == rb.rho and ra.predicted == rb.predicted and ra.rho > 0
+    # fresh tensors: mutating the returned state changes nothing
+    state["exp_avg"][0].add_(1.0)
+    state["snapshot"][0].add_(1.0)
+    assert a.check().rho == ra.rho
+    # the probe stream continues identically after a reload
+    b.load_state_dict(a.state_dict())
+    a2, b2 = a.anchor(coresets, weights, [1, 2, 3]), b.anchor(coresets, weights, [1, 2, 3])
+    assert a2.hessian_norm == b2.hessian_norm and a2.interval == b2.interval
+
+
+def test_state_dict_before_anchor_round_trips() -> None:
+    model = _quadratic(3, diagonal=True)
+    a = _exact_monitor(model)
+    b = _exact_monitor(model)
+    b.load_state_dict(a.state_dict())
+    assert b.interval == 1 and b.num_anchors == 0
+    with pytest.raises(RuntimeError, match=r"check\(\) called before anchor\(\)"):
+        b.check()
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+class _SquareOldStyle(torch.autograd.Function):
+    """Old-style autograd.Function: torch.func transforms refuse it (no setup_context)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class _OldStyleModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0, -1.0], dtype=DT))
+        self.a = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+
+    def loss_fn(self, indices: Sequence[int]) -> Tensor:
+        q = 0.5 * (self.a * _SquareOldStyle.apply(self.w)).sum() + 5.0
+        return q.expand(len(indices))
+
+
+def test_auto_falls_back_to_double_backward(caplog: pytest.LogCaptureFixture) -> None:
+    model = _OldStyleModel()
+    monitor = QuadraticLossMonitor(model, model.loss_fn, beta1=0.0, beta2=0.0, eps=1e-12)
+    with caplog.at_level(logging.WARNING, logger="coreset_sampler.monitor"):
+        report = monitor.anchor([[0, 1]], [torch.ones(2, dtype=DT)], [3, 4])
+    assert report.hvp == "double_backward"
+    assert "forward-mode AD failed" in caplog.text
+    assert report.hessian_norm == pytest.approx(float((model.a + 1e-12).norm()), rel=1e-12)
+    strict = QuadraticLossMonitor(model, model.loss_fn, hvp="jvp")
+    with pytest.raises(RuntimeError):
+        strict.anchor([[0, 1]], [torch.ones(2, dtype=DT)], [3, 4])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_constructor_errors() -> None:
+    model = _quadratic(3, diagonal=True)
+    f = model.loss_fn
+    cases: list[tuple[type[Exception], str, dict[str, Any]]] = [
+        (
+            TypeError,
+            r"threshold should be a real number, but got threshold=True",
+            {"threshold": True},
+        ),
+        (
+            ValueError,
+            r"threshold should be a finite number >= 0.0, but got threshold=-1",
+            {"threshold": -1},
+        ),
+        (
+            ValueError,
+            r"interval_multiplier should be a finite number > 0.0",
+            {"interval_multiplier": 0},
+        ),
+        (ValueError, r"beta1 should be in \[0, 1\), but got beta1=1.0", {"beta1": 1.0}),
+        (
+            ValueError,
+            r"beta2 should be a finite number >= 0.0, but got beta2=-0.1",
+            {"beta2": -0.1},
+        ),
+        (ValueError, r"eps should be a finite number > 0.0, but got eps=0", {"eps": 0}),
+        (
+            TypeError,
+            r"num_probes should be a positive integer value, but got num_probes=True",
+            {"num_probes": True},
+        ),
+        (
+            ValueError,
+            r"num_probes should be a positive integer value, but got num_probes=0",
+            {"num_probes": 0},
+        ),
+        (
+            ValueError,
+            r"max_interval should be a positive integer value, but got max_interval=0",
+            {"max_interval": 0},
+        ),
+        (
+            ValueError,
+            r"hvp should be 'auto', 'jvp' or 'double_backward', but got hvp='fd'",
+            {"hvp": "fd"},
+        ),
+        (
+            ValueError,
+            r"pass seed or generator, not both",
+            {"seed": 1, "generator": torch.Generator()},
+        ),
+        (TypeError, r"generator should be a torch.Generator, but got int", {"generator": 3}),
+        (TypeError, r"seed should be an int, but got seed=False", {"seed": False}),
+        (TypeError, r"module should be an nn.Module, but got str", {"module": "m"}),
+        (
+            ValueError,
+            r"params is a module; module=, if given, should be the same one",
+            {"module": nn.Linear(1, 1)},
+        ),
+    ]
+    for exc, msg, kw in cases:
+        with pytest.raises(exc, match=msg):
+            QuadraticLossMonitor(model, f, **kw)
+    with pytest.raises(TypeError, match=r"loss_fn should be callable, but got int"):
+        QuadraticLossMonitor(model, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"params is empty: nothing to track"):
+        QuadraticLossMonitor([], f)
+    with pytest.raises(TypeError, match=r"params should hold tensors, but got int"):
+        QuadraticLossMonitor([1], f)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"params should be an nn.Module or an iterable"):
+        QuadraticLossMonitor(3, f)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"floating tensors that require grad.*requires_grad=False"
+    ):
+        QuadraticLossMonitor([torch.zeros(2)], f)
+    with pytest.raises(ValueError, match=r"not parameters of module \(shapes \[\(2,\)\]\)"):
+        QuadraticLossMonitor([nn.Parameter(torch.zeros(2))], f, module=model)
+    with pytest.raises(ValueError, match=r"hvp='jvp' needs the model"):
+        QuadraticLossMonitor(model.parameters(), f, hvp="jvp")
+
+
+def test_anchor_and_check_errors_name_the_call() -> None:
+    model = _quadratic(3, diagonal=True)
+    m = _exact_monitor(model)
+    ones = torch.ones(8, dtype=DT)
+    with pytest.raises(ValueError, match=r"coresets is empty"):
+        m.anchor([], [], CHECK)
+    with pytest.raises(TypeError, match=r"coresets should be a sequence of index lists"):
+        m.anchor("abc", [ones], CHECK)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"weights should be a sequence of 1-D tensors"):
+        m.anchor(CORESETS, torch.ones(2, 8), CHECK)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"weights should have one tensor per coreset \(2\), but got 1"
+    ):
+        m.anchor(CORESETS, [ones], CHECK)
+    with pytest.raises(
+        ValueError, match=r"weights\[1\] should have shape \(8,\) to match coresets\[1\]"
+    ):
+        m.anchor(CORESETS, [ones, torch.ones(7, dtype=DT)], CHECK)
+    with pytest.raises(TypeError, match=r"weights\[0\] should be a floating tensor, but got dtype"):
+        m.anchor(CORESETS, [torch.ones(8, dtype=torch.long), ones], CHECK)
+    with pytest.raises(ValueError, match=r"weights\[0\] should be finite and non-negative"):
+        m.anchor(CORESETS, [-ones, ones], CHECK)
+    with pytest.raises(ValueError, match=r"coresets\[1\] is empty"):
+        m.anchor([[0], []], [torch.ones(1, dtype=DT), torch.ones(0, dtype=DT)], CHECK)
+    with pytest.raises(ValueError, match=r"check_indices is empty"):
+        m.anchor(CORESETS, WEIGHTS, [])
+    with pytest.raises(RuntimeError, match=r"check\(\) called before anchor\(\)"):
+        m.check()
+
+    def short(indices: Sequence[int]) -> Tensor:
+        return model.loss_fn(indices)[:-1]
+
+    bad = QuadraticLossMonitor(model, short, hvp="double_backward")
+    with pytest.raises(
+        ValueError,
+        match=r"loss_fn\(indices\) in anchor, coresets\[0\] returned shape \(7,\) for 8 indices",
+    ):
+        bad.anchor(CORESETS, WEIGHTS, CHECK)
+    bad_jvp = QuadraticLossMonitor(model, short)
+    with pytest.raises(ValueError, match=r"in anchor, coresets\[0\] returned shape \(7,\)"):
+        bad_jvp.anchor(CORESETS, WEIGHTS, CHECK)
+    not_tensor = QuadraticLossMonitor(model, lambda i: [0.0] * len(i))  # type: ignore[arg-type,return-value]
+    with pytest.raises(
+        TypeError, match=r"in anchor, coresets\[0\] should return a floating tensor, but got list"
+    ):
+        not_tensor.anchor(CORESETS, WEIGHTS, CHECK)
+
+    state = {"short": False}
+
+    def flaky(indices: Sequence[int]) -> Tensor:
+        out = model.loss_fn(indices)
+        return out[:-1] if state["short"] else out
+
+    mon = QuadraticLossMonitor(model, flaky)
+    mon.anchor(CORESETS, WEIGHTS, CHECK)
+    state["short"] = True
+    with pytest.raises(
+        ValueError, match=r"loss_fn\(indices\) in check returned shape \(29,\) for 30 indices"
+    ):
+        mon.check()
+    state["short"] = False
+    model.c[CHECK[0]] = math.nan
+    try:
+        with pytest.raises(ValueError, match=r"in check returned non-finite losses \(mean nan\)"):
+            mon.check()
+        with pytest.raises(ValueError, match=r"in anchor returned non-finite losses"):
+            mon.anchor(CORESETS, WEIGHTS, CHECK)
+    finally:
+        model.c[CHECK[0]] = 10.0
+
+    def detached(indices: Sequence[int]) -> Tensor:
+        return model.loss_fn(indices).detach()
+
+    with pytest.raises(ValueError, match=r"the loss does not require grad"):
+        QuadraticLossMonitor(model.parameters(), detached).anchor(CORESETS, WEIGHTS, CHECK)
+
+    kink = _quadratic(3, diagonal=True)  # w = 0: finite loss, non-finite gradient
+
+    def sqrt_abs(indices: Sequence[int]) -> Tensor:
+        return (kink.w.abs().sqrt().sum() + 1.0).expand(len(indices))
+
+    with pytest.raises(ValueError, match=r"anchor: the gradient or Hessian diagonal .* not finite"):
+        QuadraticLossMonitor(kink, sqrt_abs).anchor(CORESETS, WEIGHTS, [0])
+
+
+def test_state_and_pure_function_errors() -> None:
+    model = _quadratic(3, diagonal=True)
+    m = _exact_monitor(model)
+    with pytest.raises(TypeError, match=r"state should be a mapping, but got list"):
+        m.load_state_dict([])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"state is missing keys \['check_indices'"):
+        m.load_state_dict({k: v for k, v in m.state_dict().items() if k != "check_indices"})
+    m.anchor(CORESETS, WEIGHTS, CHECK)
+    state = m.state_dict()
+    state["snapshot"] = [torch.zeros(4, dtype=DT)]
+    with pytest.raises(
+        ValueError, match=r"state\['snapshot'\]\[0\] should have shape \(3,\), but got \(4,\)"
+    ):
+        m.load_state_dict(state)
+    state["snapshot"] = []
+    with pytest.raises(ValueError, match=r"state\['snapshot'\] should be a list of 1 tensors"):
+        m.load_state_dict(state)
+    f = lambda p: (p[0] ** 2).sum()  # noqa: E731
+    x = (torch.ones(3, dtype=DT),)
+    with pytest.raises(ValueError, match=r"tangents should match params in number and shapes"):
+        hessian_vector_product(f, x, (torch.ones(2, dtype=DT),))
+    gen = torch.Generator()
+    with pytest.raises(ValueError, match=r"method should be 'jvp' or 'double_backward'"):
+        hutchinson_diagonal(f, x, generator=gen, method="exact")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"generator should be a torch.Generator, but got int"):
+        hutchinson_diagonal(f, x, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"num_probes should be a positive integer value"):
+        hutchinson_diagonal(f, x, generator=gen, num_probes=0)
