@@ -288,6 +288,38 @@ def test_delta_after_sgd_momentum_steps_is_the_parameter_difference() -> None:
     assert report.rho == pytest.approx(abs(loss_now - predicted) / loss_now, rel=1e-8)
 
 
+@pytest.mark.parametrize("hvp", ["jvp", "double_backward"])
+def test_parameter_subset_tracks_only_the_head(hvp: str) -> None:
+    net, x, y = _net_and_data()
+    cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
+    monitor = QuadraticLossMonitor(
+        net.fc.parameters(),
+        cb.per_sample_loss,
+        module=net,
+        beta1=0.0,
+        hvp=hvp,  # type: ignore[arg-type]
+    )
+    idx = list(range(16))
+    report = monitor.anchor([idx], [torch.ones(16, dtype=DT)], list(range(16, 48)))
+    state = monitor.state_dict()
+    assert [tuple(t.shape) for t in state["snapshot"]] == [(3, 8), (3,)]
+    assert not any(t.requires_grad for t in state["exp_avg"] + state["exp_hessian_sq"])
+    net.eval()
+    feats = net.body(x[idx]).detach()
+    net.train()
+    head = {k: v.detach() for k, v in net.fc.named_parameters()}
+
+    def head_loss(p: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(torch.func.functional_call(net.fc, p, (feats,)), y[idx])
+
+    g = torch.func.grad(head_loss)(head)
+    torch.testing.assert_close(state["exp_avg"][0], g["weight"])
+    torch.testing.assert_close(state["exp_avg"][1], g["bias"])
+    assert report.grad_norm == pytest.approx(
+        math.sqrt(float(g["weight"].square().sum() + g["bias"].square().sum())), rel=1e-10
+    )
+
+
 def test_check_evaluates_exactly_the_check_sample_once_without_graph() -> None:
     model = _quadratic(4, diagonal=True)
     monitor = _exact_monitor(model)

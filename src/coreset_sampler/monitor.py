@@ -142,8 +142,12 @@ def hessian_vector_product(
         # torch loads its forward-AD decompositions through the deprecated torch.jit.script on
         # first use (torch 2.13); that warning is torch's, not the caller's
         warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
-        out = jvp(grad(func), (primals,), (tans,))
-    return tuple(out[0]), tuple(out[1])
+        # the transforms differentiate w.r.t. ``params`` regardless; no_grad keeps ordinary
+        # autograd from recording a graph through other tensors that require grad (the
+        # untracked parameters when only a subset is tracked)
+        with torch.no_grad():
+            out = jvp(grad(func), (primals,), (tans,))
+    return tuple(t.detach() for t in out[0]), tuple(t.detach() for t in out[1])
 
 
 def hutchinson_diagonal(
@@ -630,8 +634,8 @@ class QuadraticLossMonitor:
         self._hessian_norm0 = None if h0 is None else float(h0)
         self._hessian_norm = float(state["hessian_norm"])
         self._interval = int(state["interval"])
-        if state["hvp"] in ("jvp", "double_backward") or self._names is not None:
-            self._hvp = str(state["hvp"])
+        if self._names is not None and state["hvp"] in ("auto", "jvp", "double_backward"):
+            self._hvp = str(state["hvp"])  # without a module it stays "double_backward"
         self._generator.set_state(state["generator_state"])
         self.anchor_seconds = float(state.get("anchor_seconds", 0.0))
         self.check_seconds = float(state.get("check_seconds", 0.0))
