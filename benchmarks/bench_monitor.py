@@ -1,7 +1,9 @@
 """Cost of the CREST quadratic-model monitor relative to one training step.
 
 ResNet-20 on random CIFAR-shaped inputs (3×32×32, 10 classes), batch 128, SGD with momentum.
-Times, as medians over repeats:
+Wall and process-CPU times, as medians over interleaved rounds (each round times every
+operation once, so a busy machine slows them alike), and each operation's median ratio to the
+training step of its round:
 
 * one training step (forward, weighted cross-entropy, backward, optimizer step);
 * one anchor of :class:`~coreset_sampler.monitor.QuadraticLossMonitor` (P coresets of 128,
@@ -43,21 +45,15 @@ from coreset_sampler.gradients import GradientProxyCallback
 from coreset_sampler.monitor import QuadraticLossMonitor
 
 
-def _timeit(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _measure(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call (CPU time is robust to a busy machine)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
@@ -128,46 +124,67 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "repeats": args.repeats,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    step = _timeit(train_step, args.repeats, args.warmup, device)
-    results["train_step_s"] = step
-    proxies = _timeit(lambda: [cb(p) for p in pools], args.repeats, args.warmup, device)
-    results["proxies_s"] = proxies
-
-    for method in args.hvp:
-        monitor = QuadraticLossMonitor(
+    monitors = {
+        method: QuadraticLossMonitor(
             model, cb.per_sample_loss, num_probes=args.probes, seed=0, hvp=method
         )
-        anchor = _timeit(
-            lambda mon=monitor: mon.anchor(coresets, weights, check),  # type: ignore[misc]
-            args.repeats,
-            args.warmup,
-            device,
-        )
-        results[f"anchor_{method}_s"] = anchor
+        for method in args.hvp
+    }
     head = QuadraticLossMonitor(
         model.fc.parameters(), cb.per_sample_loss, module=model, num_probes=args.probes, seed=0
     )
-    results["anchor_head_only_s"] = _timeit(
-        lambda: head.anchor(coresets, weights, check), args.repeats, args.warmup, device
+    last = monitors[args.hvp[-1]]
+    ops: dict[str, tuple[str, Callable[[], object]]] = {
+        "train_step": ("training step (fwd+bwd+SGD)", train_step),
+        "proxies": (
+            f"proxies for {len(pools)} pools of {args.pool_size}",
+            lambda: [cb(p) for p in pools],
+        ),
+    }
+    for method, mon in monitors.items():
+        ops[f"anchor_{method}"] = (
+            f"anchor: P={len(coresets)}x{m}, {args.probes} probe, {method}",
+            lambda mon=mon: mon.anchor(coresets, weights, check),  # type: ignore[misc]
+        )
+    ops["anchor_head_only"] = (
+        f"anchor: P={len(coresets)}x{m}, head (fc) only",
+        lambda: head.anchor(coresets, weights, check),
     )
-    check_s = _timeit(monitor.check, args.repeats, args.warmup, device)
-    results["check_s"] = check_s
+    ops["check"] = (f"check: |V_r| = {args.check_size}", last.check)
+
+    # interleaved rounds: a busy machine slows every operation of a round alike
+    for _ in range(args.warmup):
+        for _label, fn in ops.values():
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in ops}
+    cpu: dict[str, list[float]] = {k: [] for k in ops}
+    for _ in range(args.repeats):
+        for key, (_label, fn) in ops.items():
+            w, c = _measure(fn, device)
+            wall[key].append(w)
+            cpu[key].append(c)
+    med = statistics.median
+    for key in ops:
+        results[f"{key}_s"] = med(wall[key])
+        results[f"{key}_cpu_s"] = med(cpu[key])
+        results[f"{key}_ratio"] = med(
+            a / b for a, b in zip(wall[key], wall["train_step"], strict=True)
+        )
+        results[f"{key}_cpu_ratio"] = med(
+            a / b for a, b in zip(cpu[key], cpu["train_step"], strict=True)
+        )
 
     print(
         f"ResNet-20, batch {m}, device {results['device']} ({results['device_name']}), "
-        f"torch {results['torch']}, {results['threads']} threads, median of {args.repeats}"
+        f"torch {results['torch']}, {results['threads']} threads, "
+        f"median of {args.repeats} interleaved rounds"
     )
-    print(f"{'operation':<44} {'seconds':>9} {'x step':>8}")
-    rows = [("training step (fwd+bwd+SGD)", step)]
-    rows.append((f"proxies for {len(pools)} pools of {args.pool_size}", proxies))
-    for method in args.hvp:
-        label = f"anchor: P={len(coresets)}x{m}, {args.probes} probe, {method}"
-        rows.append((label, float(results[f"anchor_{method}_s"])))  # type: ignore[arg-type]
-    head_s = float(results["anchor_head_only_s"])  # type: ignore[arg-type]
-    rows.append((f"anchor: P={len(coresets)}x{m}, head (fc) only, jvp", head_s))
-    rows.append((f"check: |V_r| = {args.check_size}", check_s))
-    for label, sec in rows:
-        print(f"{label:<44} {sec:>9.4f} {sec / step:>8.2f}")
+    print(f"{'operation':<40} {'wall s':>8} {'x step':>7} {'CPU s':>8} {'x step':>7}")
+    for key, (label, _fn) in ops.items():
+        print(
+            f"{label:<40} {results[f'{key}_s']:>8.3f} {results[f'{key}_ratio']:>7.2f} "
+            f"{results[f'{key}_cpu_s']:>8.3f} {results[f'{key}_cpu_ratio']:>7.2f}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return results
