@@ -33,7 +33,7 @@ _METHODS: tuple[str, ...] = get_args(Method)
 # differences; above it from ‖a‖² + ‖b‖² − 2ab in float64, as accurate as float32 and faster.
 _DIFF_MAX_DIM = 32
 # Elements of one temporary [rows, n] block; bounds the extra memory of the chunked paths.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 18
 # A dense [batch, n, n] similarity is materialised by "auto" only below this many elements.
 _DENSE_MAX_ELEMENTS = 1 << 25
 # "auto" uses the naive dense greedy for problems up to this size, the incremental one above.
@@ -156,14 +156,13 @@ def greedy_facility_location(
         gen = generator
         if gen is None:
             gen = torch.Generator(device=problem.device).manual_seed(0)
-        indices, gains, cur = _stochastic(problem, epsilon, gen)
+        indices, gains, cover = _stochastic(problem, epsilon, gen)
     elif method == "naive":
-        indices, gains, cur = _naive(problem)
+        indices, gains, cover = _naive(problem)
     else:
-        indices, gains, cur = _incremental(problem)
+        indices, gains, cover = _incremental(problem)
     weights = _cluster_sizes(problem, indices)
-    valid = problem.mask
-    objective = torch.where(valid, cur - problem.base[:, None], 0.0).sum(1)
+    objective = cover.sum(1)
     lead = problem.lead_shape
     out_dtype = problem.dtype
     return FacilityLocationResult(
@@ -213,7 +212,7 @@ def _prepare(
     epsilon: float,
     chunk_size: int | None,
 ) -> _Problem:
-    if isinstance(method, bool) or method not in _METHODS:
+    if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, but got method={method!r}")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a float in (0, 1), but got epsilon={epsilon!r}")
@@ -354,14 +353,12 @@ def _prepare(
         )
         if materialise:
             dense = _pairwise(feats, feats, kind)
-        if kind == "neg_distance":
+        if kind == "neg_distance" and dense is not None:
             # base = −C, so that relu(−d_ij − cur_i) starts at C − d_ij, without adding C to
-            # every similarity (which would cost precision)
-            if dense is not None:
-                pair_ok = flat_mask[:, :, None] & flat_mask[:, None, :]
-                base = torch.where(pair_ok, dense, 0.0).amin(dim=(1, 2)).double()
-            else:
-                base = -_max_distance(feats, flat_mask, chunk_size)
+            # every similarity (which would cost precision). Without a dense matrix, the solver
+            # finds C in its first pass over the rows.
+            pair_ok = flat_mask[:, :, None] & flat_mask[:, None, :]
+            base = torch.where(pair_ok, dense, 0.0).amin(dim=(1, 2)).double()
     return _Problem(
         features=feats,
         dense=dense,
@@ -421,8 +418,8 @@ def _max_distance(feats: Tensor, mask: Tensor, chunk_size: int | None) -> Tensor
 
 # --------------------------------------------------------------------------------------------
 # The three greedy strategies. Each returns (indices [B, kmax], gains [B, kmax] float64,
-# cur [B, n] float64 = max(base, max_{j∈S} s(i, j)) for valid rows).
-# Shared state: ``cur`` is +inf on padding rows, so they never contribute to a gain.
+# coverage [B, n] float64 = max(b, max_{j∈S} s(i, j)) − b for valid rows, 0 on padding).
+# ``cur`` is +inf on padding rows, so they never contribute to a gain.
 # --------------------------------------------------------------------------------------------
 
 
@@ -433,6 +430,300 @@ def _initial_state(p: _Problem) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     gains = torch.zeros(batch, p.kmax, dtype=torch.float64, device=p.device)
     available = p.mask.clone()  # valid and not yet selected
     return cur, indices, gains, available
+
+
+def _coverage(p: _Problem, cur: Tensor) -> Tensor:
+    """Each valid point's term of the objective, ``max(b, max_{j∈S} s(i, j)) − b``."""
+    return torch.where(p.mask, cur - p.base[:, None], 0.0)
+
+
+def _tie_tolerance(p: _Problem, first: Tensor) -> Tensor:
+    """Gains closer than this to the best count as tied: rounding cannot order them.
+
+    ``first`` is each problem's largest gain (the first pick's), so ``first / n`` is the size of
+    one term of a gain; a sum of ``n`` such terms is uncertain to about ``sqrt(n)`` roundings.
+    """
+    count = p.mask.sum(1).double()
+    return 16.0 * torch.finfo(p.dtype).eps * first.abs().double() / count.sqrt()
+
+
+def _first_near_best(gains: Tensor, tol: Tensor) -> Tensor:
+    """Lowest index whose gain is within ``tol`` of the row's best: ``[B]``."""
+    best = gains.max(1, keepdim=True).values
+    near = gains >= best - tol[:, None].to(gains.dtype)
+    return near.to(torch.uint8).argmax(1)
+
+
+def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """Recompute every gain at every step from the dense similarity (few, large kernels)."""
+    assert p.dense is not None
+    dense = p.dense
+    batch = dense.shape[0]
+    cur, indices, gains, available = _initial_state(p)
+    cur_w = cur.to(dense.dtype)
+    taken = ~available  # padding or selected
+    arange = torch.arange(batch, device=p.device)
+    uniform = bool((p.k == p.kmax).all())
+    tol = torch.zeros(batch, dtype=torch.float64, device=p.device)
+    for step in range(p.kmax):
+        g = (dense - cur_w[:, :, None]).clamp_min_(0.0).sum(1).masked_fill_(taken, -math.inf)
+        if step == 0:
+            tol = _tie_tolerance(p, g.max(1).values)
+        pick = _first_near_best(g, tol)
+        col = dense[arange, :, pick]
+        if uniform:
+            gains[:, step] = g[arange, pick]
+            indices[:, step] = pick
+            taken[arange, pick] = True
+            cur_w = torch.maximum(cur_w, col)
+        else:
+            active = step < p.k
+            gains[:, step] = torch.where(active, g[arange, pick].double(), 0.0)
+            indices[:, step] = torch.where(active, pick, -1)
+            taken[arange[active], pick[active]] = True
+            cur_w = torch.where(active[:, None], torch.maximum(cur_w, col), cur_w)
+    return indices, gains, _coverage(p, cur_w.double())
+
+
+def _metric(p: _Problem) -> bool:
+    """Whether s(i, j) decreases with a distance, so the triangle inequality prunes work."""
+    return p.kind in ("neg_distance", "exp")
+
+
+def _to_distance(p: _Problem, sim: Tensor) -> Tensor:
+    """Invert a metric similarity (float64); ``base`` and below map to the initial radius."""
+    if p.kind == "neg_distance":
+        return -sim
+    scale = float(p.features.shape[-1]) if p.features is not None else 1.0
+    return torch.log(sim).mul_(-scale)  # exp(−d/dim); log(0) → inf
+
+
+def _from_distance(p: _Problem, dist: Tensor) -> Tensor:
+    if p.kind == "neg_distance":
+        return dist.neg_()
+    assert p.features is not None
+    return dist.div_(-float(p.features.shape[-1])).exp_()
+
+
+def _full_gains(p: _Problem, cur: Tensor) -> Tensor:
+    """``g_j = Σ_i relu(s(i, j) − cur_i)`` over valid ``i``, from scratch: ``[B, n]`` float64.
+
+    Computed as ``Σ_i max(s(i, j), cur_i) − Σ_i cur_i``: the max does no arithmetic, so only the
+    float64 sums round.
+    """
+    batch = p.mask.shape[0]
+    cur_w = torch.where(p.mask, cur, 0.0).to(p.dtype)  # padding rows: s = 0 and cur = 0
+    g = torch.zeros(batch, p.n, dtype=torch.float64, device=p.device)
+    rows = p.chunk_size or max(1, _CHUNK_ELEMENTS // (p.n * batch))
+    for start in range(0, p.n, rows):
+        stop = min(p.n, start + rows)
+        if p.dense is not None:
+            block = p.dense[:, start:stop]
+        else:
+            assert p.features is not None
+            block = _pairwise(p.features[:, start:stop], p.features, p.kind)
+        g += torch.maximum(block, cur_w[:, start:stop, None]).sum(1, dtype=torch.float64)
+    return g - cur_w.sum(1, dtype=torch.float64)[:, None]
+
+
+def _init_neg_distance(p: _Problem) -> tuple[_Problem, Tensor]:
+    """One pass for ``C`` (largest distance) and the first gains ``Σ_i (C − d_ij)``.
+
+    Only for a single problem whose points are all valid (see :func:`_compact`).
+    """
+    assert p.features is not None
+    x = p.features[0]
+    colsum = torch.zeros(p.n, dtype=torch.float64, device=p.device)
+    big = torch.zeros((), dtype=p.dtype, device=p.device)
+    rows = p.chunk_size or max(1, _CHUNK_ELEMENTS // p.n)
+    for start in range(0, p.n, rows):
+        dist = _distances(x[start : start + rows], x)
+        colsum += dist.sum(0, dtype=torch.float64)
+        big = torch.maximum(big, dist.max())
+    c = big.double().reshape(1)
+    return p._replace(base=-c), (c * p.n - colsum).unsqueeze(0)
+
+
+def _incremental(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact greedy that corrects the gains only where a point's best similarity improved.
+
+    After pick ``s``, a point ``i`` whose best similarity rose from ``old_i`` to ``new_i``
+    lowers ``g_j`` by ``clamp(s(i, j), old_i, new_i) − old_i``. For metric similarities that is
+    non-zero only when ``d(i, j) < r_i`` (``r_i``: distance to ``i``'s previous nearest pick),
+    hence only for ``j`` with ``d(j, s) < r_i + d(i, s)``, which late in the greedy is a small
+    ball around ``s``. The clamp is exact; gains are accumulated in float64.
+    """
+    batch = p.mask.shape[0]
+    if batch == 1:
+        return _compact(p, _incremental_one)
+    if p.dense is None:
+        # rows are recomputed from features: solve one problem at a time
+        return _per_problem(p, _incremental_one)
+    g = _full_gains(p, p.base[:, None].expand(batch, p.n))
+    return _incremental_loop(p, g, _batched_update)
+
+
+def _incremental_one(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    if p.kind == "neg_distance" and p.dense is None:
+        p, g = _init_neg_distance(p)
+    else:
+        g = _full_gains(p, p.base[:, None].expand(1, p.n))
+    update = _pruned_update if _metric(p) else _batched_update
+    return _incremental_loop(p, g, update)
+
+
+_Update = Callable[[_Problem, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
+
+
+def _incremental_loop(p: _Problem, g: Tensor, update: _Update) -> tuple[Tensor, Tensor, Tensor]:
+    cur, indices, gains, available = _initial_state(p)
+    first = g.masked_fill(~available, -math.inf).max(1).values
+    tol = _tie_tolerance(p, first)
+    # the running gains carry float64 rounding: candidates this close are re-evaluated exactly
+    loose = torch.maximum(tol, 1e-11 * first.abs())
+    for step in range(p.kmax):
+        masked = g.masked_fill(~available, -math.inf)
+        best = masked.max(1, keepdim=True).values
+        near = masked >= best - loose[:, None]
+        crowd = int(near.sum(1).max())
+        pick = masked.argmax(1) if crowd == 1 else _exact_argmax(p, cur, near, crowd, tol)
+        col = _column(p, pick)
+        old = cur
+        cur, active = _commit_pick(p, step, pick, col, cur, indices, gains, available)
+        if step + 1 == p.kmax:
+            break
+        if step == 0:
+            # the first pick moves (nearly) every point: recomputing is as cheap and tidier
+            g = _full_gains(p, cur)
+            continue
+        changed = (cur > old) & active[:, None]
+        update(p, g, changed, old, cur, col, available)
+    return indices, gains, _coverage(p, cur)
+
+
+def _batched_update(
+    p: _Problem,
+    g: Tensor,
+    changed: Tensor,
+    old: Tensor,
+    cur: Tensor,
+    col: Tensor,
+    available: Tensor,
+) -> None:
+    """Correct the gains of every problem for its changed rows, with whole rows of ``dense``."""
+    b_idx, i_idx = changed.nonzero(as_tuple=True)
+    total = b_idx.numel()
+    if total == 0:
+        return
+    lo, hi = old[b_idx, i_idx], cur[b_idx, i_idx]
+    lo_w, hi_w = lo.to(p.dtype)[:, None], hi.to(p.dtype)[:, None]
+    acc = torch.zeros_like(g)
+    chunk = p.chunk_size or max(1, _CHUNK_ELEMENTS // p.n)
+    for start in range(0, total, chunk):
+        sl = slice(start, min(total, start + chunk))
+        block = _rows(p, b_idx[sl], i_idx[sl]).clamp_(min=lo_w[sl], max=hi_w[sl])
+        if g.shape[0] == 1:
+            acc[0] += block.sum(0, dtype=torch.float64)
+        else:
+            acc.index_add_(0, b_idx[sl], block.double())
+    lo_sum = torch.zeros(g.shape[0], dtype=torch.float64, device=p.device)
+    lo_sum.index_add_(0, b_idx, lo)
+    g -= acc - lo_sum[:, None]
+
+
+def _rows(p: _Problem, b_idx: Tensor | None, i_idx: Tensor) -> Tensor:
+    """Fresh ``[len, n]`` tensor of similarity rows ``s(i, ·)`` of problems ``b`` (None: 0)."""
+    if p.dense is not None:
+        if b_idx is None or p.dense.shape[0] == 1:
+            return p.dense[0].index_select(0, i_idx)
+        return p.dense[b_idx, i_idx]
+    assert p.features is not None and p.features.shape[0] == 1
+    x = p.features[0]
+    return _pairwise(x.index_select(0, i_idx), x, p.kind)
+
+
+def _pruned_update(
+    p: _Problem,
+    g: Tensor,
+    changed: Tensor,
+    old: Tensor,
+    cur: Tensor,
+    col: Tensor,
+    available: Tensor,
+) -> None:
+    """:func:`_batched_update` for one problem of a metric similarity, skipping far columns.
+
+    Row ``i`` can only change ``g_j`` for ``d(j, s) < r_i + d(i, s)``: with the candidates
+    sorted by ``d(·, s)`` that is a prefix, whose length is found by binary search.
+    """
+    rows = changed[0].nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    dcol = _to_distance(p, col[0])
+    lo, hi = old[0, rows], cur[0, rows]
+    reach = (_to_distance(p, lo) + dcol[rows]) * (1.0 + 1e-9) + 1e-12
+    if 2 * int((dcol <= reach.max()).sum()) >= p.n:
+        # the widest row reaches half the points: sorting would not pay
+        _batched_update(p, g, changed, old, cur, col, available)
+        return
+    cand = available[0].nonzero().squeeze(1)
+    if cand.numel() == 0:
+        return
+    cand_d, order = dcol[cand].sort()
+    cand = cand[order]
+    prefix = torch.searchsorted(cand_d, reach, right=True)
+    # widest rows first, so that each chunk's column prefix is set by its first row
+    prefix, by_width = prefix.sort(descending=True)
+    rows, lo, hi = rows[by_width], lo[by_width], hi[by_width]
+    lo_w, hi_w = lo.to(p.dtype)[:, None], hi.to(p.dtype)[:, None]
+    widths = prefix.tolist()
+    start = 0
+    while start < len(widths) and widths[start] > 0:
+        width = widths[start]
+        stop = min(len(widths), start + max(1, _CHUNK_ELEMENTS // width))
+        lo_sum = lo[start:stop].sum()
+        if 2 * width >= p.n:
+            # whole rows are cheaper than a gather; columns out of reach clamp to exactly 0
+            block = _rows(p, None, rows[start:stop])
+            block.clamp_(min=lo_w[start:stop], max=hi_w[start:stop])
+            g[0] -= block.sum(0, dtype=torch.float64) - lo_sum
+        else:
+            cols = cand[:width]
+            block = _sub_block(p, rows[start:stop], cols)
+            block.clamp_(min=lo_w[start:stop], max=hi_w[start:stop])
+            g[0].index_add_(0, cols, block.sum(0, dtype=torch.float64) - lo_sum, alpha=-1.0)
+        start = stop
+
+
+def _sub_block(p: _Problem, rows: Tensor, cols: Tensor) -> Tensor:
+    """Fresh ``[len(rows), len(cols)]`` block of the similarity of a single problem."""
+    if p.dense is not None:
+        return p.dense[0][rows[:, None], cols[None, :]]
+    assert p.features is not None
+    x = p.features[0]
+    return _pairwise(x.index_select(0, rows), x.index_select(0, cols), p.kind)
+
+
+def _compact(
+    p: _Problem, solve: Callable[[_Problem], tuple[Tensor, Tensor, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve a single problem on its valid points only, then map the answer back."""
+    valid = p.mask[0]
+    if bool(valid.all()):
+        return solve(p)
+    keep = valid.nonzero().squeeze(1)
+    n = keep.numel()
+    sub = p._replace(
+        features=None if p.features is None else p.features[:, keep],
+        dense=None if p.dense is None else p.dense[:, keep][:, :, keep],
+        mask=p.mask[:, keep],
+        n=n,
+    )
+    idx, gains, cover = solve(sub)
+    idx = torch.where(idx >= 0, keep[idx.clamp_min(0)], -1)
+    full = torch.zeros(1, p.n, dtype=cover.dtype, device=p.device)
+    full[:, keep] = cover
+    return idx, gains, full
 
 
 def _column(p: _Problem, pick: Tensor) -> Tensor:
@@ -464,123 +755,6 @@ def _commit_pick(
     available[arange[active], pick[active]] = False
     new_cur = torch.where(active[:, None], torch.maximum(cur, col), cur)
     return new_cur, active
-
-
-def _tie_tolerance(p: _Problem, first: Tensor) -> Tensor:
-    """Gains closer than this to the best count as tied (rounding cannot order them)."""
-    return 8.0 * torch.finfo(p.dtype).eps * first.abs().double()
-
-
-def _first_near_best(gains: Tensor, tol: Tensor) -> Tensor:
-    """Lowest index whose gain is within ``tol`` of the row's best: ``[B]``."""
-    best = gains.max(1, keepdim=True).values
-    near = gains >= best - tol[:, None].to(gains.dtype)
-    return near.to(torch.uint8).argmax(1)
-
-
-def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
-    assert p.dense is not None
-    dense = p.dense
-    cur, indices, gains, available = _initial_state(p)
-    cur_w = cur.to(dense.dtype)
-    tol = torch.zeros(cur.shape[0], dtype=torch.float64, device=p.device)
-    for step in range(p.kmax):
-        g = torch.clamp_min(dense - cur_w[:, :, None], 0.0).sum(1)
-        g = g.masked_fill_(~available, -math.inf)
-        if step == 0:
-            tol = _tie_tolerance(p, g.max(1).values)
-        pick = _first_near_best(g, tol)
-        col = _column(p, pick)
-        cur, _ = _commit_pick(p, step, pick, col, cur, indices, gains, available)
-        cur_w = cur.to(dense.dtype)
-    return indices, gains, cur
-
-
-def _row_blocks(p: _Problem, b_idx: Tensor, i_idx: Tensor) -> Callable[[int, int], Tensor]:
-    """Return ``block(start, stop)`` giving rows ``s(i, ·)`` for pairs ``(b, i)[start:stop]``."""
-    if p.dense is not None:
-        dense = p.dense
-
-        def from_dense(start: int, stop: int) -> Tensor:
-            return dense[b_idx[start:stop], i_idx[start:stop]]
-
-        return from_dense
-    feats = p.features
-    assert feats is not None
-
-    def from_features(start: int, stop: int) -> Tensor:
-        bs, ii = b_idx[start:stop], i_idx[start:stop]
-        if feats.shape[0] == 1:
-            return _pairwise(feats[0, ii], feats[0], p.kind)
-        # rows of several problems: group by problem
-        out = torch.empty(stop - start, p.n, dtype=feats.dtype, device=feats.device)
-        for b in torch.unique(bs).tolist():
-            sel = (bs == b).nonzero().squeeze(1)
-            out[sel] = _pairwise(feats[b, ii[sel]], feats[b], p.kind)
-        return out
-
-    return from_features
-
-
-def _add_contributions(
-    p: _Problem, g: Tensor, b_idx: Tensor, i_idx: Tensor, old: Tensor, new: Tensor
-) -> None:
-    """``g[b, j] += relu(s(i, j) − new_i) − relu(s(i, j) − old_i)`` over the pairs ``(b, i)``.
-
-    Since ``new_i > old_i`` the term is ``−clamp(s(i, j) − old_i, 0, new_i − old_i)``.
-    """
-    total = b_idx.numel()
-    if total == 0:
-        return
-    rows = p.chunk_size or max(1, _CHUNK_ELEMENTS // p.n)
-    block = _row_blocks(p, b_idx, i_idx)
-    for start in range(0, total, rows):
-        stop = min(total, start + rows)
-        s = block(start, stop).double()
-        lo = old[start:stop, None]
-        width = (new[start:stop] - old[start:stop])[:, None]
-        contrib = torch.minimum(torch.clamp_min(s - lo, 0.0), width)
-        if g.shape[0] == 1:
-            g[0].sub_(contrib.sum(0))
-        else:
-            g.index_add_(0, b_idx[start:stop], contrib, alpha=-1.0)
-
-
-def _incremental(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
-    if p.features is not None and p.dense is None and p.features.shape[0] > 1:
-        # large problems: solve one at a time so each step's rows come from one problem
-        return _per_problem(p, _incremental)
-    cur, indices, gains, available = _initial_state(p)
-    batch = p.mask.shape[0]
-    # gains against the empty selection: Σ_i relu(s(i, j) − base) over valid i
-    g = torch.zeros(batch, p.n, dtype=torch.float64, device=p.device)
-    b_all, i_all = p.mask.nonzero(as_tuple=True)
-    upper = torch.full_like(b_all, math.inf, dtype=torch.float64)
-    _add_contributions(p, g, b_all, i_all, cur[b_all, i_all], upper)
-    g.neg_()
-    # The running gains carry rounding from many updates: candidates within `loose` of the best
-    # are re-evaluated exactly, then ties are broken as in the naive greedy.
-    first = g.masked_fill(~available, -math.inf).max(1).values
-    tol = _tie_tolerance(p, first)
-    loose = torch.maximum(tol, 1e-9 * first.abs())
-    for step in range(p.kmax):
-        masked = g.masked_fill(~available, -math.inf)
-        best = masked.max(1, keepdim=True).values
-        near = masked >= best - loose[:, None]
-        crowd = int(near.sum(1).max())
-        if crowd == 1:
-            pick = masked.argmax(1)
-        else:
-            pick = _exact_argmax(p, cur, near, crowd, tol)
-        col = _column(p, pick)
-        old = cur
-        cur, active = _commit_pick(p, step, pick, col, cur, indices, gains, available)
-        if step + 1 == p.kmax:
-            break
-        changed = (cur > old) & active[:, None]
-        b_idx, i_idx = changed.nonzero(as_tuple=True)
-        _add_contributions(p, g, b_idx, i_idx, old[b_idx, i_idx], cur[b_idx, i_idx])
-    return indices, gains, cur
 
 
 def _exact_argmax(p: _Problem, cur: Tensor, near: Tensor, crowd: int, tol: Tensor) -> Tensor:
@@ -618,6 +792,9 @@ def _stochastic(
 ) -> tuple[Tensor, Tensor, Tensor]:
     if p.features is not None and p.dense is None and p.features.shape[0] > 1:
         return _per_problem(p, lambda q: _stochastic(q, epsilon, generator))
+    if p.kind == "neg_distance" and p.dense is None:
+        assert p.features is not None
+        p = p._replace(base=-_max_distance(p.features, p.mask, p.chunk_size))
     cur, indices, gains, available = _initial_state(p)
     batch = p.mask.shape[0]
     counts = p.mask.sum(1).double()
@@ -632,7 +809,7 @@ def _stochastic(
         pick = cand.gather(1, g.argmax(1, keepdim=True)).squeeze(1)
         col = _column(p, pick)
         cur, _ = _commit_pick(p, step, pick, col, cur, indices, gains, available)
-    return indices, gains, cur
+    return indices, gains, _coverage(p, cur)
 
 
 def _per_problem(
@@ -649,7 +826,7 @@ def _per_problem(
             kmax=kb,
             base=p.base[b : b + 1],
         )
-        idx, gain, cur = solve(sub)
+        idx, gain, cur = _compact(sub, solve)
         pad = p.kmax - kb
         parts.append(
             (

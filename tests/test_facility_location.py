@@ -1,0 +1,467 @@
+"""Tests of greedy_facility_location against plain references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coreset_sampler import FacilityLocationResult, greedy_facility_location
+
+EXACT_METHODS = ["naive", "incremental"]
+SIMILARITIES = ["neg_distance", "exp", "cosine", "dot"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain references (NumPy, float64)
+# ----------------------------------------------------------------------------------------------
+
+
+def similarity_matrix(x: np.ndarray, kind: str) -> np.ndarray:
+    """s(i, j) of the documented similarities, from differences, in float64."""
+    dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    if kind == "neg_distance":
+        return dist.max() - dist
+    if kind == "exp":
+        return np.exp(-dist / x.shape[1])
+    if kind == "cosine":
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return unit @ unit.T
+    if kind == "dot":
+        return x @ x.T
+    raise AssertionError(kind)
+
+
+def naive_greedy(sim: np.ndarray, k: int) -> tuple[list[int], list[float], float]:
+    """Textbook greedy on F(S) = Σ_i max(0, max_{j∈S} s(i, j)).
+
+    Ties are the lowest index among gains within 16·eps·first/sqrt(n) of the best: mathematically
+    equal gains can differ in their last bits depending on summation order, in any
+    implementation; this is the rule the library documents.
+    """
+    n = sim.shape[0]
+    cur = np.zeros(n)
+    selected: list[int] = []
+    gains: list[float] = []
+    tol = None
+    for _ in range(k):
+        gain = np.maximum(sim - cur[:, None], 0.0).sum(0)
+        gain[selected] = -np.inf
+        if tol is None:
+            tol = 16 * np.finfo(np.float64).eps * abs(gain.max()) / math.sqrt(n)
+        j = int(np.flatnonzero(gain >= gain.max() - tol)[0])
+        selected.append(j)
+        gains.append(float(gain[j]))
+        cur = np.maximum(cur, sim[:, j])
+    return selected, gains, float(cur.sum())
+
+
+def had_ties(sim: np.ndarray, k: int) -> bool:
+    """Whether some greedy step had two candidates with (nearly) equal best gains."""
+    n = sim.shape[0]
+    cur = np.zeros(n)
+    selected: list[int] = []
+    for _ in range(k):
+        gain = np.maximum(sim - cur[:, None], 0.0).sum(0)
+        gain[selected] = -np.inf
+        top = np.sort(gain)[::-1]
+        if n - len(selected) > 1 and top[0] - top[1] <= 1e-9 * max(1.0, abs(top[0])):
+            return True
+        j = int(np.argmax(gain))
+        selected.append(j)
+        cur = np.maximum(cur, sim[:, j])
+    return False
+
+
+def objective(sim: np.ndarray, selected: list[int]) -> float:
+    return float(np.maximum(sim[:, selected].max(1), 0.0).sum())
+
+
+def cluster_sizes(sim: np.ndarray, selected: list[int]) -> list[float]:
+    """Points whose most similar selected point is j; ties to the lowest point index."""
+    order = sorted(selected)
+    owner = [order[int(np.argmax(sim[i, order]))] for i in range(sim.shape[0])]
+    return [float(owner.count(j)) for j in selected]
+
+
+def rng_features(seed: int, *shape: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
+
+
+# ----------------------------------------------------------------------------------------------
+# Exactness
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize(("n", "d", "k"), [(40, 3, 7), (150, 10, 30), (90, 40, 12)])
+def test_equals_naive_reference(method: str, similarity: str, n: int, d: int, k: int) -> None:
+    x = rng_features(n * d + k, 3, n, d)
+    out = greedy_facility_location(x, k, similarity=similarity, method=method)  # type: ignore[arg-type]
+    for b in range(3):
+        sim = similarity_matrix(x[b].numpy(), similarity)
+        selected, gains, obj = naive_greedy(sim, k)
+        assert out.indices[b].tolist() == selected
+        np.testing.assert_allclose(out.gains[b].numpy(), gains, rtol=1e-10, atol=1e-10)
+        assert out.objective[b].item() == pytest.approx(obj, rel=1e-12)
+        assert out.weights[b].tolist() == cluster_sizes(sim, selected)
+
+
+@pytest.mark.parametrize("similarity", ["neg_distance", "exp", "dot"])
+def test_chunked_feature_path_equals_dense(similarity: str) -> None:
+    """chunk_size forces rows to be recomputed from features (no n×n matrix)."""
+    x = rng_features(7, 2, 300, 6)
+    dense = greedy_facility_location(x, 40, similarity=similarity, method="naive")  # type: ignore[arg-type]
+    for chunk in (1, 17, 1000):
+        chunked = greedy_facility_location(
+            x,
+            40,
+            similarity=similarity,  # type: ignore[arg-type]
+            method="incremental",
+            chunk_size=chunk,
+        )
+        assert torch.equal(chunked.indices, dense.indices)
+        torch.testing.assert_close(chunked.objective, dense.objective, rtol=1e-12, atol=0)
+        torch.testing.assert_close(chunked.weights, dense.weights)
+
+
+def test_clustered_data_uses_pruning_and_stays_exact() -> None:
+    """Well-separated clusters: the triangle-inequality pruning skips most columns."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((25, 4)) * 20
+    x = centres[rng.integers(0, 25, 1500)] + rng.standard_normal((1500, 4))
+    out = greedy_facility_location(torch.from_numpy(x), 60, method="incremental", chunk_size=64)
+    selected, _, obj = naive_greedy(similarity_matrix(x, "neg_distance"), 60)
+    assert out.indices.tolist() == selected
+    assert out.objective.item() == pytest.approx(obj, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_precomputed_asymmetric_similarity(method: str) -> None:
+    sim = torch.rand(4, 30, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sim[1] -= 0.5  # some negative similarities: they count as 0
+    out = greedy_facility_location(None, 6, similarity=sim, method=method)  # type: ignore[arg-type]
+    for b in range(4):
+        selected, _, obj = naive_greedy(sim[b].numpy(), 6)
+        assert out.indices[b].tolist() == selected
+        assert out.objective[b].item() == pytest.approx(obj, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", [*EXACT_METHODS, "stochastic"])
+def test_ragged_problems_with_mask_and_per_problem_k(method: str) -> None:
+    x = rng_features(11, 4, 60, 5)
+    mask = torch.ones(4, 60, dtype=torch.bool)
+    mask[1, 45:] = False
+    mask[2, ::2] = False
+    x[1, 45:] = float("nan")  # padding may hold anything
+    k = torch.tensor([10, 3, 30, 1])
+    out = greedy_facility_location(x, k, mask=mask, method=method)  # type: ignore[arg-type]
+    assert out.indices.shape == (4, 30)
+    for b in range(4):
+        kb = int(k[b])
+        keep = mask[b].nonzero().squeeze(1)
+        assert (out.indices[b, kb:] == -1).all()
+        assert (out.gains[b, kb:] == 0).all() and (out.weights[b, kb:] == 0).all()
+        picked = out.indices[b, :kb]
+        assert bool(mask[b, picked].all())
+        assert out.weights[b].sum().item() == keep.numel()
+        if method != "stochastic":
+            sim = similarity_matrix(x[b, keep].numpy(), "neg_distance")
+            selected, _, obj = naive_greedy(sim, kb)
+            assert picked.tolist() == keep[selected].tolist()
+            assert out.objective[b].item() == pytest.approx(obj, rel=1e-12)
+
+
+def test_leading_dimensions_are_problems() -> None:
+    x = rng_features(5, 2, 3, 20, 4)
+    out = greedy_facility_location(x, 5)
+    assert out.indices.shape == (2, 3, 5) and out.objective.shape == (2, 3)
+    flat = greedy_facility_location(x.reshape(6, 20, 4), 5)
+    assert torch.equal(out.indices.reshape(6, 5), flat.indices)
+
+
+def test_result_is_a_named_tuple_with_documented_dtypes() -> None:
+    out = greedy_facility_location(torch.randn(2, 10, 3), 4)
+    assert isinstance(out, FacilityLocationResult)
+    indices, weights, gains, obj = out
+    assert indices.dtype == torch.long
+    assert weights.dtype == gains.dtype == obj.dtype == torch.float32
+    half = greedy_facility_location(torch.randn(10, 3).half(), 4)
+    assert half.gains.dtype == torch.float32
+
+
+def test_weights_ties_go_to_lowest_index() -> None:
+    # point 2 is as similar to point 0 as to point 1, and both are picked: it counts for 0
+    sim = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.2]], dtype=torch.float64)
+    out = greedy_facility_location(None, 2, similarity=sim)
+    assert out.indices.tolist() == [0, 1]  # equal first gains (1.5): lowest index first
+    assert out.weights.tolist() == [2.0, 1.0]
+    dup = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])  # exact duplicates
+    res = greedy_facility_location(dup, 3)
+    assert sorted(res.indices.tolist()) == [0, 1, 2]
+    weight_of = dict(zip(res.indices.tolist(), res.weights.tolist(), strict=True))
+    assert weight_of[0] == 2.0 and weight_of[1] == 0.0 and weight_of[2] == 1.0
+
+
+def test_exact_tie_broken_to_lowest_index_in_every_method() -> None:
+    # two identical, isolated pairs: after the first pick the others tie exactly
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [50.0, 0.0], [50.0, 1.0]], dtype=torch.float64)
+    for method in EXACT_METHODS:
+        out = greedy_facility_location(x, 2, method=method)  # type: ignore[arg-type]
+        assert out.indices.tolist() == [0, 2], method
+
+
+# ----------------------------------------------------------------------------------------------
+# Approximation guarantees
+# ----------------------------------------------------------------------------------------------
+
+
+def brute_force_optimum(sim: np.ndarray, k: int) -> float:
+    return max(objective(sim, list(s)) for s in itertools.combinations(range(sim.shape[0]), k))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_greedy_within_one_minus_one_over_e_of_optimum(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 9))
+    k = int(rng.integers(1, n))
+    x = rng.standard_normal((n, 2))
+    sim = similarity_matrix(x, "neg_distance")
+    out = greedy_facility_location(torch.from_numpy(x), k)
+    best = brute_force_optimum(sim, k)
+    assert out.objective.item() >= (1 - 1 / math.e) * best - 1e-12
+    assert out.objective.item() <= best + 1e-9
+
+
+def test_stochastic_greedy_expected_guarantee_and_determinism() -> None:
+    x = rng_features(2, 1, 8, 2)
+    sim = similarity_matrix(x[0].numpy(), "neg_distance")
+    best = brute_force_optimum(sim, 3)
+    eps = 0.2
+    values = [
+        greedy_facility_location(
+            x, 3, method="stochastic", epsilon=eps, generator=torch.Generator().manual_seed(s)
+        ).objective.item()
+        for s in range(30)
+    ]
+    assert np.mean(values) >= (1 - 1 / math.e - eps) * best
+    again = greedy_facility_location(
+        x, 3, method="stochastic", epsilon=eps, generator=torch.Generator().manual_seed(5)
+    )
+    assert again.objective.item() == values[5]
+
+
+def test_stochastic_greedy_close_to_greedy_on_large_problem() -> None:
+    x = rng_features(4, 1, 2000, 8).float()
+    exact = greedy_facility_location(x, 100).objective.item()
+    approx = greedy_facility_location(x, 100, method="stochastic", epsilon=0.01).objective.item()
+    assert approx >= (1 - 1 / math.e - 0.01) * exact
+    assert approx >= 0.97 * exact  # far better than the bound in practice
+
+
+def test_stochastic_greedy_does_not_touch_global_rng() -> None:
+    x = torch.randn(1, 50, 3)
+    state = torch.random.get_rng_state()
+    greedy_facility_location(x, 5, method="stochastic")
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 4),
+    n=st.integers(1, 40),
+    d=st.integers(1, 6),
+    frac=st.floats(0.05, 1.0),
+    method=st.sampled_from(["naive", "incremental", "stochastic"]),
+    similarity=st.sampled_from(SIMILARITIES),
+)
+def test_properties(
+    seed: int, batch: int, n: int, d: int, frac: float, method: str, similarity: str
+) -> None:
+    x = rng_features(seed, batch, n, d)
+    k = max(1, int(frac * n))
+    out = greedy_facility_location(
+        x,
+        k,
+        similarity=similarity,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
+    )
+    for b in range(batch):
+        picked = out.indices[b].tolist()
+        assert len(set(picked)) == k and min(picked) >= 0 and max(picked) < n
+        assert out.weights[b].sum().item() == n
+        gains = out.gains[b]
+        if method != "stochastic":
+            scale = max(1.0, abs(gains[0].item()))
+            assert bool((gains[1:] <= gains[:-1] + 1e-9 * scale).all())
+        assert gains.sum().item() == pytest.approx(out.objective[b].item(), rel=1e-9, abs=1e-9)
+        single = greedy_facility_location(
+            x[b : b + 1],
+            k,
+            similarity=similarity,  # type: ignore[arg-type]
+            method=method,  # type: ignore[arg-type]
+            generator=torch.Generator().manual_seed(0) if method == "stochastic" else None,
+        )
+        if method != "stochastic":
+            assert single.indices[0].tolist() == picked
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 60), method=st.sampled_from(EXACT_METHODS))
+def test_permuting_points_permutes_the_selection(seed: int, n: int, method: str) -> None:
+    x = rng_features(seed, n, 3)
+    perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(n))
+    k = max(1, n // 3)
+    out = greedy_facility_location(x, k, method=method)  # type: ignore[arg-type]
+    moved = greedy_facility_location(x[perm], k, method=method)  # type: ignore[arg-type]
+    torch.testing.assert_close(moved.objective, out.objective, rtol=1e-12, atol=0)
+    if not had_ties(similarity_matrix(x.numpy(), "neg_distance"), k):
+        # with a tie, "lowest index" depends on the order, so only the objective is invariant
+        assert perm[moved.indices].tolist() == out.indices.tolist()
+        torch.testing.assert_close(moved.weights, out.weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Other libraries (optional extras)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_objective_matches_apricot() -> None:
+    apricot = pytest.importorskip("apricot")
+    x = rng_features(21, 300, 10)
+    sim = similarity_matrix(x.numpy(), "neg_distance")
+    ours = greedy_facility_location(x, 40)
+    for optimizer in ("naive", "lazy"):
+        sel = apricot.FacilityLocationSelection(
+            40, metric="precomputed", optimizer=optimizer, verbose=False
+        ).fit(sim)
+        theirs = objective(sim, [int(i) for i in sel.ranking])
+        assert ours.objective.item() == pytest.approx(theirs, rel=1e-4)
+
+
+def test_objective_matches_submodlib() -> None:
+    submodlib = pytest.importorskip("submodlib")
+    x = rng_features(22, 300, 10)
+    sim = similarity_matrix(x.numpy(), "neg_distance")
+    ours = greedy_facility_location(x, 40)
+    fl = submodlib.FacilityLocationFunction(
+        n=300, mode="dense", sijs=sim.astype(np.float32), separate_rep=False
+    )
+    picks = fl.maximize(
+        budget=40,
+        optimizer="LazyGreedy",
+        stopIfZeroGain=False,
+        stopIfNegativeGain=False,
+        verbose=False,
+        show_progress=False,
+    )
+    theirs = objective(sim, [int(i) for i, _ in picks])
+    assert ours.objective.item() == pytest.approx(theirs, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and compilation
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_cuda_equals_cpu(method: str) -> None:
+    x = rng_features(9, 5, 200, 10)
+    mask = torch.rand(5, 200, generator=torch.Generator().manual_seed(0)) > 0.2
+    cpu = greedy_facility_location(x, 20, mask=mask, method=method)  # type: ignore[arg-type]
+    gpu = greedy_facility_location(x.cuda(), 20, mask=mask.cuda(), method=method)  # type: ignore[arg-type]
+    assert torch.equal(gpu.indices.cpu(), cpu.indices)
+    torch.testing.assert_close(gpu.objective.cpu(), cpu.objective)
+    torch.testing.assert_close(gpu.weights.cpu(), cpu.weights)
+
+
+@pytest.mark.slow
+def test_torch_compile_smoke() -> None:
+    """The kernel runs under torch.compile (with graph breaks) and gives the same answer."""
+    compiled = torch.compile(greedy_facility_location)
+    x = rng_features(1, 5, 50, 10).float()
+    eager = greedy_facility_location(x, 13)
+    out = compiled(x, 13)
+    assert torch.equal(out.indices, eager.indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": 0}, ValueError, r"k must be positive, but got k=0 for problem 0"),
+        ({"k": -2}, ValueError, r"k must be positive, but got k=-2"),
+        ({"k": 11}, ValueError, r"k=11 exceeds the 10 valid points of problem 0"),
+        ({"k": True}, TypeError, r"k must be an int or an integer tensor, but got k=True"),
+        ({"k": 2.5}, TypeError, r"k must be an int or an integer tensor, but got float"),
+        ({"k": torch.tensor([1.0, 2.0])}, TypeError, r"k must be an integer tensor"),
+        ({"k": torch.tensor([1, 2, 3])}, ValueError, r"k must be an int or a tensor of the"),
+        ({"k": torch.tensor([3, 0])}, ValueError, r"k=0 for problem 1"),
+        ({"similarity": "euclid"}, ValueError, r"similarity must be one of .* similarity='euclid'"),
+        ({"method": "lazy"}, ValueError, r"method must be one of .* method='lazy'"),
+        ({"epsilon": 1.5}, ValueError, r"epsilon must be in \(0, 1\), but got epsilon=1.5"),
+        ({"epsilon": True}, TypeError, r"epsilon must be a float"),
+        ({"chunk_size": 0}, ValueError, r"chunk_size should be a positive integer value"),
+        ({"mask": torch.ones(2, 9, dtype=torch.bool)}, ValueError, r"mask must have shape"),
+        ({"mask": torch.ones(2, 10)}, TypeError, r"mask must be a boolean tensor"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    args: dict[str, object] = {"k": 3}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        greedy_facility_location(torch.randn(2, 10, 3), **args)  # type: ignore[arg-type]
+
+
+def test_bad_features() -> None:
+    with pytest.raises(ValueError, match=r"features must have shape \[..., n, d\], but got"):
+        greedy_facility_location(torch.randn(5), 1)
+    with pytest.raises(TypeError, match=r"features must be a floating-point tensor"):
+        greedy_facility_location(torch.ones(4, 2, dtype=torch.long), 1)
+    with pytest.raises(TypeError, match=r"features must be a torch.Tensor"):
+        greedy_facility_location(np.ones((4, 2)), 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"features must be a tensor unless similarity"):
+        greedy_facility_location(None, 1)
+    bad = torch.randn(3, 6, 2)
+    bad[2, 4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"features of problem 2 contain non-finite .* row 4"):
+        greedy_facility_location(bad, 2)
+    bad = torch.randn(2, 2, 6, 2)
+    bad[1, 0, 3, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"features of problem \(1, 0\) contain non-finite"):
+        greedy_facility_location(bad, 2)
+    with pytest.raises(ValueError, match=r"every problem needs at least one point"):
+        greedy_facility_location(torch.randn(2, 0, 3), 1)
+
+
+def test_bad_mask_and_similarity_tensor() -> None:
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1] = False
+    with pytest.raises(ValueError, match=r"mask selects no points in problem 1"):
+        greedy_facility_location(torch.randn(3, 5, 2), 1, mask=mask)
+    with pytest.raises(ValueError, match=r"similarity must have shape \[..., n, n\]"):
+        greedy_facility_location(None, 1, similarity=torch.rand(4, 5))
+    with pytest.raises(ValueError, match=r"pass either features or a precomputed similarity"):
+        greedy_facility_location(torch.randn(4, 2), 1, similarity=torch.rand(4, 4))
+    sim = torch.rand(4, 4)
+    sim[0, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"similarity of problem 0 contain non-finite"):
+        greedy_facility_location(None, 1, similarity=sim)
