@@ -458,31 +458,41 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     """Recompute every gain at every step from the dense similarity (few, large kernels)."""
     assert p.dense is not None
     dense = p.dense
-    batch = dense.shape[0]
-    cur, indices, gains, available = _initial_state(p)
-    cur_w = cur.to(dense.dtype)
-    taken = ~available  # padding or selected
-    arange = torch.arange(batch, device=p.device)
+    batch, n = p.mask.shape
+    cur_w = torch.where(p.mask, p.base[:, None], math.inf).to(dense.dtype)
+    taken = ~p.mask  # padding or selected
+    # columns s(·, j) as contiguous rows: the matrix itself when symmetric
+    by_col = dense if p.kind != "precomputed" else dense.transpose(1, 2).contiguous()
+    flat_cols = by_col.reshape(batch * n, n)
+    offsets = torch.arange(batch, device=p.device) * n
     uniform = bool((p.k == p.kmax).all())
     tol = torch.zeros(batch, dtype=torch.float64, device=p.device)
+    picks: list[Tensor] = []
+    gains: list[Tensor] = []
     for step in range(p.kmax):
         g = (dense - cur_w[:, :, None]).clamp_min_(0.0).sum(1).masked_fill_(taken, -math.inf)
         if step == 0:
             tol = _tie_tolerance(p, g.max(1).values)
         pick = _first_near_best(g, tol)
-        col = dense[arange, :, pick]
+        col = flat_cols.index_select(0, offsets + pick)
+        gain = g.gather(1, pick[:, None]).squeeze(1)
         if uniform:
-            gains[:, step] = g[arange, pick]
-            indices[:, step] = pick
-            taken[arange, pick] = True
+            taken.scatter_(1, pick[:, None], True)
             cur_w = torch.maximum(cur_w, col)
         else:
             active = step < p.k
-            gains[:, step] = torch.where(active, g[arange, pick].double(), 0.0)
-            indices[:, step] = torch.where(active, pick, -1)
-            taken[arange[active], pick[active]] = True
+            pick = torch.where(active, pick, -1)
+            gain = torch.where(active, gain, 0.0)
+            taken.scatter_(
+                1,
+                pick.clamp_min(0)[:, None],
+                active[:, None] | taken.gather(1, pick.clamp_min(0)[:, None]),
+            )
             cur_w = torch.where(active[:, None], torch.maximum(cur_w, col), cur_w)
-    return indices, gains, _coverage(p, cur_w.double())
+        picks.append(pick)
+        gains.append(gain)
+    indices = torch.stack(picks, 1)
+    return indices, torch.stack(gains, 1).double(), _coverage(p, cur_w.double())
 
 
 def _metric(p: _Problem) -> bool:
