@@ -737,3 +737,33 @@ def test_weighted_coresets_approximate_the_full_gradient_of_logistic_regression(
     logit_err = crest_error(logit_grad.float())
     assert exact_err < 0.45 * random_err, (exact_err, random_err)
     assert logit_err < 0.85 * random_err, (logit_err, random_err)
+
+
+def test_with_the_real_monitor_and_callback() -> None:
+    from coreset_sampler.monitor import QuadraticLossMonitor
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(300, 4, generator=g), torch.randint(0, 3, (300,), generator=g))
+    model = torch.nn.Linear(4, 3)
+    cb = GradientProxyCallback(model, ds)
+    monitor = QuadraticLossMonitor(model, cb.per_sample_loss, threshold=0.0, seed=0)
+    s = CrestBatchSampler(ds, 10, callback=cb, monitor=monitor, budget=0.3, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loader = torch.utils.data.DataLoader(WithWeights(ds), batch_sampler=s)
+    for k, (x, y, w) in enumerate(loader):
+        loss = (w * torch.nn.functional.cross_entropy(model(x), y, reduction="none")).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if k == 4:
+            state = s.state_dict()
+    t = s.telemetry
+    assert t.num_checks >= 1 and t.num_selections >= 2  # τ = 0: every check reselects
+    assert all(r.anchor_seconds > 0 for r in t.selections)
+    assert state["monitor"]["num_anchors"] >= 1
+    s2 = CrestBatchSampler(
+        ds, 10, callback=cb, monitor=QuadraticLossMonitor(model, cb.per_sample_loss), seed=0,
+        budget=0.3,
+    )  # fmt: skip
+    s2.load_state_dict(state)
+    assert s2.coresets == [list(c) for c in state["coresets"]]
