@@ -14,6 +14,7 @@ from coreset_sampler.gradients import (
     logit_grad,
     per_sample_grads,
 )
+from coreset_sampler.k_center import KCenterResult, greedy_k_center
 from coreset_sampler.monitor import (
     AnchorReport,
     CheckReport,
@@ -62,7 +63,9 @@ __all__ = [  # noqa: RUF022
     "last_layer_grad",
     "logit_grad",
     "per_sample_grads",
-    # selection kernel
+    # selection kernels
     "greedy_facility_location",
     "FacilityLocationResult",
+    "greedy_k_center",
+    "KCenterResult",
 ]

@@ -203,6 +203,64 @@ def _problem_name(flat: int, lead: tuple[int, ...]) -> str:
     return f"problem {tuple(reversed(idx))}"
 
 
+def _flat_mask(mask: Tensor | None, lead: tuple[int, ...], n: int, device: torch.device) -> Tensor:
+    """Validate ``mask`` ``[*lead, n]`` and return it as ``[B, n]`` (all True when None)."""
+    batch = math.prod(lead)
+    if mask is None:
+        return torch.ones(batch, n, dtype=torch.bool, device=device)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a boolean tensor, but got {got}")
+    if tuple(mask.shape) != (*lead, n):
+        raise ValueError(
+            f"mask must have shape {(*lead, n)} (the problems' shape and n), "
+            f"but got shape {tuple(mask.shape)}"
+        )
+    flat_mask = mask.to(device).reshape(batch, n)
+    empty = (flat_mask.sum(1) == 0).nonzero()
+    if empty.numel():
+        raise ValueError(f"mask selects no points in {_problem_name(int(empty[0]), lead)}")
+    return flat_mask
+
+
+def _budgets(k: int | Tensor, lead: tuple[int, ...], counts: Tensor) -> Tensor:
+    """Validate ``k`` (an int or a ``lead``-shaped integer tensor) against the valid counts."""
+    batch = counts.shape[0]
+    device = counts.device
+    if isinstance(k, bool):
+        raise TypeError(f"k must be an int or an integer tensor, but got k={k!r}")
+    if isinstance(k, int):
+        k_vec = torch.full((batch,), k, dtype=torch.long, device=device)
+    elif isinstance(k, Tensor):
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise TypeError(f"k must be an integer tensor, but got dtype={k.dtype}")
+        if k.dim() == 0:
+            k_vec = k.to(device=device, dtype=torch.long).expand(batch).clone()
+        elif tuple(k.shape) == lead:
+            k_vec = k.to(device=device, dtype=torch.long).reshape(batch)
+        else:
+            raise ValueError(
+                f"k must be an int or a tensor of the problems' shape {lead}, "
+                f"but got shape {tuple(k.shape)}"
+            )
+    else:
+        raise TypeError(f"k must be an int or an integer tensor, but got {type(k).__name__}")
+    bad = (k_vec <= 0).nonzero()
+    if bad.numel():
+        b = int(bad[0])
+        raise ValueError(
+            f"k must be positive, but got k={int(k_vec[b])} for {_problem_name(b, lead)}"
+        )
+    over = (k_vec > counts).nonzero()
+    if over.numel():
+        b = int(over[0])
+        raise ValueError(
+            f"k={int(k_vec[b])} exceeds the {int(counts[b])} valid points of "
+            f"{_problem_name(b, lead)}"
+        )
+    return k_vec
+
+
 def _prepare(
     features: Tensor | None,
     k: int | Tensor,
@@ -271,54 +329,8 @@ def _prepare(
     if batch == 0:
         raise ValueError(f"got no problems: leading shape {lead}")
 
-    if mask is None:
-        flat_mask = torch.ones(batch, n, dtype=torch.bool, device=device)
-    else:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(f"mask must be a boolean tensor, but got {got}")
-        if tuple(mask.shape) != (*lead, n):
-            raise ValueError(
-                f"mask must have shape {(*lead, n)} (the problems' shape and n), "
-                f"but got shape {tuple(mask.shape)}"
-            )
-        flat_mask = mask.to(device).reshape(batch, n)
-    counts = flat_mask.sum(1)
-    empty = (counts == 0).nonzero()
-    if empty.numel():
-        raise ValueError(f"mask selects no points in {_problem_name(int(empty[0]), lead)}")
-
-    if isinstance(k, bool):
-        raise TypeError(f"k must be an int or an integer tensor, but got k={k!r}")
-    if isinstance(k, int):
-        k_vec = torch.full((batch,), k, dtype=torch.long, device=device)
-    elif isinstance(k, Tensor):
-        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
-            raise TypeError(f"k must be an integer tensor, but got dtype={k.dtype}")
-        if k.dim() == 0:
-            k_vec = k.to(device=device, dtype=torch.long).expand(batch).clone()
-        elif tuple(k.shape) == lead:
-            k_vec = k.to(device=device, dtype=torch.long).reshape(batch)
-        else:
-            raise ValueError(
-                f"k must be an int or a tensor of the problems' shape {lead}, "
-                f"but got shape {tuple(k.shape)}"
-            )
-    else:
-        raise TypeError(f"k must be an int or an integer tensor, but got {type(k).__name__}")
-    bad = (k_vec <= 0).nonzero()
-    if bad.numel():
-        b = int(bad[0])
-        raise ValueError(
-            f"k must be positive, but got k={int(k_vec[b])} for {_problem_name(b, lead)}"
-        )
-    over = (k_vec > counts).nonzero()
-    if over.numel():
-        b = int(over[0])
-        raise ValueError(
-            f"k={int(k_vec[b])} exceeds the {int(counts[b])} valid points of "
-            f"{_problem_name(b, lead)}"
-        )
+    flat_mask = _flat_mask(mask, lead, n, device)
+    k_vec = _budgets(k, lead, flat_mask.sum(1))
     kmax = int(k_vec.max())
 
     flat = src.reshape(batch, n, src.shape[-1]).to(dtype)
