@@ -223,14 +223,36 @@ def _flat_mask(mask: Tensor | None, lead: tuple[int, ...], n: int, device: torch
     return flat_mask
 
 
-def _budgets(k: int | Tensor, lead: tuple[int, ...], counts: Tensor) -> Tensor:
-    """Validate ``k`` (an int or a ``lead``-shaped integer tensor) against the valid counts."""
+def _raise_first_bad_row(row_ok: Tensor, lead: tuple[int, ...], name: str) -> None:
+    """Raise for the first ``False`` of ``row_ok`` ``[B, n]``, naming the problem and row."""
+    bad = (~row_ok).nonzero()
+    if bad.numel():
+        b, i = int(bad[0, 0]), int(bad[0, 1])
+        raise ValueError(
+            f"{name} of {_problem_name(b, lead)} contain non-finite values (NaN or inf), "
+            f"first in row {i}"
+        )
+
+
+def _budgets(
+    k: int | Tensor, lead: tuple[int, ...], counts: Tensor, counts_min: int | None = None
+) -> Tensor:
+    """Validate ``k`` (an int or a ``lead``-shaped integer tensor) against the valid counts.
+
+    ``counts_min``, when known, is the smallest count (it spares a device sync).
+    """
     batch = counts.shape[0]
     device = counts.device
+    if counts_min is None:
+        counts_min = -1
     if isinstance(k, bool):
         raise TypeError(f"k must be an int or an integer tensor, but got k={k!r}")
     if isinstance(k, int):
+        if k <= 0:
+            raise ValueError(f"k must be positive, but got k={k} for {_problem_name(0, lead)}")
         k_vec = torch.full((batch,), k, dtype=torch.long, device=device)
+        if k <= counts_min:
+            return k_vec
     elif isinstance(k, Tensor):
         if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
             raise TypeError(f"k must be an integer tensor, but got dtype={k.dtype}")
@@ -330,22 +352,20 @@ def _prepare(
         raise ValueError(f"got no problems: leading shape {lead}")
 
     flat_mask = _flat_mask(mask, lead, n, device)
-    k_vec = _budgets(k, lead, flat_mask.sum(1))
-    kmax = int(k_vec.max())
+    if mask is None:
+        k_vec = _budgets(k, lead, torch.full((batch,), n, device=device), counts_min=n)
+    else:
+        k_vec = _budgets(k, lead, flat_mask.sum(1))
+    kmax = k if isinstance(k, int) else int(k_vec.max())
 
     flat = src.reshape(batch, n, src.shape[-1]).to(dtype)
-    row_ok = torch.isfinite(flat).all(-1) | ~flat_mask
-    if precomputed is not None:
-        # a padded row or column may hold anything
-        row_ok = (torch.isfinite(flat) | ~flat_mask[:, None, :]).all(-1) | ~flat_mask
-    bad = (~row_ok).nonzero()
-    if bad.numel():
-        b, i = int(bad[0, 0]), int(bad[0, 1])
-        name = "similarity" if precomputed is not None else "features"
-        raise ValueError(
-            f"{name} of {_problem_name(b, lead)} contain non-finite values (NaN or inf), "
-            f"first in row {i}"
-        )
+    finite = torch.isfinite(flat)
+    if mask is not None or not bool(finite.all()):
+        row_ok = finite.all(-1) | ~flat_mask
+        if precomputed is not None:
+            # a padded row or column may hold anything
+            row_ok = (finite | ~flat_mask[:, None, :]).all(-1) | ~flat_mask
+        _raise_first_bad_row(row_ok, lead, "similarity" if precomputed is not None else "features")
 
     keep = flat_mask[:, :, None]
     feats: Tensor | None = None
@@ -478,16 +498,20 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     flat_cols = by_col.reshape(batch * n, n)
     offsets = torch.arange(batch, device=p.device) * n
     uniform = bool((p.k == p.kmax).all())
-    tol = torch.zeros(batch, dtype=torch.float64, device=p.device)
+    tol = torch.zeros(batch, 1, dtype=dense.dtype, device=p.device)
     picks: list[Tensor] = []
     gains: list[Tensor] = []
+    # Σ_i max(s(i, j), cur_i) is the gain of j plus Σ_i cur_i, a per-problem constant: one pass
+    # fewer than Σ_i relu(s(i, j) − cur_i); padding rows hold s = 0 and cur = 0, adding 0.
+    cur_w = torch.where(p.mask, cur_w, 0.0)
     for step in range(p.kmax):
-        g = (dense - cur_w[:, :, None]).clamp_min_(0.0).sum(1).masked_fill_(taken, -math.inf)
+        g = torch.maximum(dense, cur_w[:, :, None]).sum(1).masked_fill_(taken, -math.inf)
+        best = g.amax(1, keepdim=True)
         if step == 0:
-            tol = _tie_tolerance(p, g.max(1).values)
-        pick = _first_near_best(g, tol)
+            tol = _tie_tolerance(p, best.squeeze(1) - cur_w.sum(1))[:, None].to(dense.dtype)
+        pick = (g >= best - tol).to(torch.uint8).argmax(1)
         col = flat_cols.index_select(0, offsets + pick)
-        gain = g.gather(1, pick[:, None]).squeeze(1)
+        gain = g.gather(1, pick[:, None]).squeeze(1) - cur_w.sum(1)
         if uniform:
             taken.scatter_(1, pick[:, None], True)
             cur_w = torch.maximum(cur_w, col)
@@ -504,7 +528,8 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
         picks.append(pick)
         gains.append(gain)
     indices = torch.stack(picks, 1)
-    return indices, torch.stack(gains, 1).double(), _coverage(p, cur_w.double())
+    cover = torch.where(p.mask, cur_w.double() - p.base[:, None], 0.0)
+    return indices, torch.stack(gains, 1).double(), cover
 
 
 def _metric(p: _Problem) -> bool:
@@ -877,27 +902,25 @@ def _cluster_sizes(p: _Problem, indices: Tensor) -> Tensor:
     keyed = torch.where(picked, indices, p.n)
     sorted_idx, order = keyed.sort(dim=1)
     sorted_ok = sorted_idx < p.n
-    safe = torch.where(sorted_ok, sorted_idx, 0)
+    all_picked = bool(p.k.min() == kmax)
+    safe = sorted_idx if all_picked else torch.where(sorted_ok, sorted_idx, 0)
     arange = torch.arange(batch, device=p.device)
     assign = torch.empty(batch, p.n, dtype=torch.long, device=p.device)
     rows = max(1, _CHUNK_ELEMENTS // max(1, batch * kmax))
     for start in range(0, p.n, rows):
         stop = min(p.n, start + rows)
         if p.dense is not None:
-            s = p.dense[
-                arange[:, None, None],
-                torch.arange(start, stop, device=p.device)[:, None],
-                safe[:, None, :],
-            ]
+            s = p.dense[:, start:stop].gather(2, safe[:, None, :].expand(-1, stop - start, -1))
         else:
             assert p.features is not None
             chosen = p.features[arange[:, None], safe]  # [B, kmax, d]
             s = _pairwise(p.features[:, start:stop], chosen, p.kind)
-        s = s.masked_fill(~sorted_ok[:, None, :], -math.inf)
+        if not all_picked:
+            s = s.masked_fill(~sorted_ok[:, None, :], -math.inf)
         assign[:, start:stop] = s.argmax(2)
     counts = torch.zeros(batch, kmax, dtype=torch.float64, device=p.device)
     counts.scatter_add_(1, assign, p.mask.double())
     # back to selection order: position `order[b, r]` of the selection is sorted rank r
     out = torch.zeros_like(counts)
     out.scatter_(1, order, counts)
-    return torch.where(picked, out, 0.0)
+    return out if all_picked else torch.where(picked, out, 0.0)
