@@ -203,20 +203,26 @@ def _problem_name(flat: int, lead: tuple[int, ...]) -> str:
     return f"problem {tuple(reversed(idx))}"
 
 
+def _bool_rows(
+    name: str, value: object, lead: tuple[int, ...], n: int, device: torch.device
+) -> Tensor:
+    """Validate a boolean ``[*lead, n]`` argument and return it as ``[B, n]`` on ``device``."""
+    if not isinstance(value, Tensor) or value.dtype != torch.bool:
+        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a boolean tensor, but got {got}")
+    if tuple(value.shape) != (*lead, n):
+        raise ValueError(
+            f"{name} must have shape {(*lead, n)} (the problems' shape and n), "
+            f"but got shape {tuple(value.shape)}"
+        )
+    return value.to(device).reshape(math.prod(lead), n)
+
+
 def _flat_mask(mask: Tensor | None, lead: tuple[int, ...], n: int, device: torch.device) -> Tensor:
     """Validate ``mask`` ``[*lead, n]`` and return it as ``[B, n]`` (all True when None)."""
-    batch = math.prod(lead)
     if mask is None:
-        return torch.ones(batch, n, dtype=torch.bool, device=device)
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a boolean tensor, but got {got}")
-    if tuple(mask.shape) != (*lead, n):
-        raise ValueError(
-            f"mask must have shape {(*lead, n)} (the problems' shape and n), "
-            f"but got shape {tuple(mask.shape)}"
-        )
-    flat_mask = mask.to(device).reshape(batch, n)
+        return torch.ones(math.prod(lead), n, dtype=torch.bool, device=device)
+    flat_mask = _bool_rows("mask", mask, lead, n, device)
     empty = (flat_mask.sum(1) == 0).nonzero()
     if empty.numel():
         raise ValueError(f"mask selects no points in {_problem_name(int(empty[0]), lead)}")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from coreset_sampler.facility_location import (
+    _bool_rows,
     _budgets,
     _distances,
     _flat_mask,
@@ -101,15 +102,7 @@ def greedy_k_center(
     if initial is None:
         seeded = torch.zeros_like(valid)
     else:
-        if not isinstance(initial, Tensor) or initial.dtype != torch.bool:
-            got = initial.dtype if isinstance(initial, Tensor) else type(initial).__name__
-            raise TypeError(f"initial must be a boolean tensor, but got {got}")
-        if tuple(initial.shape) != (*lead, n):
-            raise ValueError(
-                f"initial must have shape {(*lead, n)} (the problems' shape and n), "
-                f"but got shape {tuple(initial.shape)}"
-            )
-        seeded = initial.to(device).reshape(batch, n)
+        seeded = _bool_rows("initial", initial, lead, n, device)
         stray = (seeded & ~valid).nonzero()
         if stray.numel():
             b, i = int(stray[0, 0]), int(stray[0, 1])
