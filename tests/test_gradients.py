@@ -134,6 +134,13 @@ def test_logit_grad_generic_equals_closed_forms() -> None:
 
     torch.testing.assert_close(logit_grad(out, labels, ce), cross_entropy_logit_grad(out, labels))
 
+    def nested(o: Tensor, t: dict[str, Tensor]) -> Tensor:  # targets as a mapping of tensors
+        return ((o - t["mean"]) ** 2 * t["scale"][:, None]).sum(dim=1)
+
+    scale = torch.rand(6, generator=g, dtype=DT)
+    got = logit_grad(out, {"mean": tgt, "scale": scale}, nested)
+    torch.testing.assert_close(got, 2 * (out - tgt) * scale[:, None])
+
 
 class _Net(nn.Module):
     def __init__(self, dropout: float = 0.0) -> None:

@@ -226,7 +226,7 @@ def logit_grad(
 
     def one(o: Tensor, t: Any) -> Tensor:
         o1 = o.unsqueeze(0)
-        t1 = torch.utils._pytree.tree_map(lambda x: x.unsqueeze(0), t)
+        t1 = _unsqueeze(t)
         return loss_fn(o1, t1).sum()
 
     g: Tensor = vmap(grad(one), chunk_size=chunk_size)(outputs, targets)
@@ -283,7 +283,7 @@ def per_sample_grads(
 
     def one(p: dict[str, Tensor], x: Tensor, t: Any) -> Tensor:
         out = functional_call(model, p, (x.unsqueeze(0),))
-        t1 = torch.utils._pytree.tree_map(lambda v: v.unsqueeze(0), t)
+        t1 = _unsqueeze(t)
         return loss_fn(out, t1).sum()
 
     grads = vmap(grad(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(diff, inputs, targets)
@@ -664,6 +664,17 @@ def _resolve_param_names(
     if not names:
         raise ValueError("params selects no parameter of model")
     return names
+
+
+def _unsqueeze(x: Any) -> Any:
+    """Give every tensor of a (nested) target a leading batch dimension of one."""
+    if isinstance(x, Tensor):
+        return x.unsqueeze(0)
+    if isinstance(x, Mapping):
+        return {k: _unsqueeze(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unsqueeze(v) for v in x)
+    return x
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
