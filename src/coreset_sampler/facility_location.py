@@ -21,6 +21,8 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from coreset_sampler._validation import check_positive_int
+
 __all__ = ["FacilityLocationResult", "greedy_facility_location"]
 
 SimilarityName = Literal["neg_distance", "exp", "cosine", "dot"]
@@ -304,12 +306,8 @@ def _prepare(
         raise TypeError(f"epsilon must be a float in (0, 1), but got epsilon={epsilon!r}")
     if not 0.0 < float(epsilon) < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), but got epsilon={epsilon!r}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0
-    ):
-        raise ValueError(
-            f"chunk_size should be a positive integer value, but got chunk_size={chunk_size!r}"
-        )
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
 
     precomputed: Tensor | None = None
     if isinstance(similarity, Tensor):

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+from coreset_sampler._validation import check_positive_int, check_real
+
 from .gradients import _check_indices, _eval_mode, _unwrap
 
 __all__ = [
@@ -191,7 +193,7 @@ def hutchinson_diagonal(
         >>> d[0]
         tensor([2., 4., 6.])
     """
-    _check_positive_int("num_probes", num_probes)
+    check_positive_int("num_probes", num_probes)
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator should be a torch.Generator, but got {type(generator).__name__}"
@@ -343,16 +345,16 @@ class QuadraticLossMonitor:
         if not callable(loss_fn):
             raise TypeError(f"loss_fn should be callable, but got {type(loss_fn).__name__}")
         self._loss_fn = loss_fn
-        self.threshold = _check_real("threshold", threshold, low=0.0)
-        self.interval_multiplier = _check_real(
+        self.threshold = check_real("threshold", threshold, low=0.0)
+        self.interval_multiplier = check_real(
             "interval_multiplier", interval_multiplier, low=0.0, strict=True
         )
         self.beta1 = _check_beta("beta1", beta1)
         self.beta2 = _check_beta("beta2", beta2)
-        self.eps = _check_real("eps", eps, low=0.0, strict=True)
-        self.num_probes = _check_positive_int("num_probes", num_probes)
+        self.eps = check_real("eps", eps, low=0.0, strict=True)
+        self.num_probes = check_positive_int("num_probes", num_probes)
         if max_interval is not None:
-            _check_positive_int("max_interval", max_interval)
+            check_positive_int("max_interval", max_interval)
         self.max_interval = max_interval
         if hvp not in ("auto", "jvp", "double_backward"):
             raise ValueError(
@@ -837,26 +839,8 @@ def _same_shapes(name: str, params: Params, others: Params) -> None:
         )
 
 
-def _check_real(name: str, value: Any, *, low: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} should be a real number, but got {name}={value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or (strict and v == low):
-        bound = f"> {low}" if strict else f">= {low}"
-        raise ValueError(f"{name} should be a finite number {bound}, but got {name}={value!r}")
-    return v
-
-
 def _check_beta(name: str, value: Any) -> float:
-    v = _check_real(name, value, low=0.0)
+    v = check_real(name, value, low=0.0)
     if v >= 1.0:
         raise ValueError(f"{name} should be in [0, 1), but got {name}={value!r}")
     return v
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be a positive integer value, but got {name}={value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} should be a positive integer value, but got {name}={value!r}")
-    return value

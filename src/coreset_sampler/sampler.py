@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from coreset_sampler._validation import check_finite, check_nonnegative_int, check_positive_int
+
 from .facility_location import greedy_facility_location
 from .gradients import GradientProxyCallback
 
@@ -316,7 +318,7 @@ class _BudgetedBatchSampler(Sampler[list[int]]):
     ) -> None:
         super().__init__()
         self.num_samples = _num_samples(data_source)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         if not isinstance(drop_last, bool):
             raise TypeError(f"drop_last should be a boolean value, but got drop_last={drop_last!r}")
         self.drop_last = drop_last
@@ -648,12 +650,12 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 f"pass either monitor or reselect_every, not both (got reselect_every="
                 f"{reselect_every!r} and a monitor that decides when to reselect)"
             )
-        self.reselect_every = _check_positive_int(
+        self.reselect_every = check_positive_int(
             "reselect_every", 20 if reselect_every is None else reselect_every
         )
-        self.num_pools = _check_positive_int("num_pools", num_pools)
-        self.pool_multiplier = _check_positive_int("pool_multiplier", pool_multiplier)
-        self.warmup_steps = _check_nonnegative_int("warmup_steps", warmup_steps)
+        self.num_pools = check_positive_int("num_pools", num_pools)
+        self.pool_multiplier = check_positive_int("pool_multiplier", pool_multiplier)
+        self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
         if isinstance(similarity, bool) or similarity not in _SIMILARITIES:
             raise ValueError(
                 f"similarity should be one of {_SIMILARITIES}, but got similarity={similarity!r}"
@@ -664,9 +666,9 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 f"drop_learned should be a boolean value, but got drop_learned={drop_learned!r}"
             )
         self.drop_learned = drop_learned
-        self.drop_threshold = _check_finite("drop_threshold", drop_threshold)
-        self.drop_window = _check_positive_int("drop_window", drop_window)
-        frac = _check_finite("max_drop_fraction", max_drop_fraction)
+        self.drop_threshold = check_finite("drop_threshold", drop_threshold)
+        self.drop_window = check_positive_int("drop_window", drop_window)
+        frac = check_finite("max_drop_fraction", max_drop_fraction)
         if not 0.0 <= frac < 1.0:
             raise ValueError(
                 f"max_drop_fraction should be in [0, 1), but got "
@@ -684,7 +686,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
             )
         if pool_size is None:
             pool_size = min(max(math.ceil(0.01 * n), self.batch_size), min_active)
-        self.pool_size = _check_positive_int("pool_size", pool_size)
+        self.pool_size = check_positive_int("pool_size", pool_size)
         if self.batch_size > self.pool_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than pool_size={self.pool_size}: "
@@ -697,8 +699,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 f"{min_active}; lower pool_size or max_drop_fraction"
             )
         self._labels = _check_labels(labels, n)
-        self.history_size = _check_positive_int("history_size", history_size)
-        self.telemetry_size = _check_positive_int("telemetry_size", telemetry_size)
+        self.history_size = check_positive_int("history_size", history_size)
+        self.telemetry_size = check_positive_int("telemetry_size", telemetry_size)
 
         self._step = 0  # batches yielded, all epochs
         self._rngs = self._make_rngs(0)
@@ -1194,30 +1196,6 @@ def _resolve_seed(seed: int | None, generator: torch.Generator | None) -> int:
     if seed < 0:
         raise ValueError(f"seed should be a non-negative integer value, but got seed={seed!r}")
     return seed
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be a positive integer value, but got {name}={value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} should be a positive integer value, but got {name}={value!r}")
-    return value
-
-
-def _check_nonnegative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be a non-negative integer value, but got {name}={value!r}")
-    if value < 0:
-        raise ValueError(f"{name} should be a non-negative integer value, but got {name}={value!r}")
-    return value
-
-
-def _check_finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} should be a real number, but got {name}={value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} should be finite, but got {name}={value!r}")
-    return float(value)
 
 
 def _check_labels(labels: Any, n: int) -> IntArray | None:
