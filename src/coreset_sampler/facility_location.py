@@ -393,8 +393,11 @@ def _prepare(
             # base = −C, so that relu(−d_ij − cur_i) starts at C − d_ij, without adding C to
             # every similarity (which would cost precision). Without a dense matrix, the solver
             # finds C in its first pass over the rows.
-            pair_ok = flat_mask[:, :, None] & flat_mask[:, None, :]
-            base = torch.where(pair_ok, dense, 0.0).amin(dim=(1, 2)).double()
+            if mask is None:
+                base = dense.amin(dim=(1, 2)).double()
+            else:
+                pair_ok = flat_mask[:, :, None] & flat_mask[:, None, :]
+                base = torch.where(pair_ok, dense, 0.0).amin(dim=(1, 2)).double()
     return _Problem(
         features=feats,
         dense=dense,
@@ -421,7 +424,11 @@ def _distances(a: Tensor, b: Tensor) -> Tensor:
     if a.shape[-1] <= _DIFF_MAX_DIM or a.dtype == torch.float64:
         return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
     a64, b64 = a.double(), b.double()
-    sq = (b64 * b64).sum(-1).unsqueeze(-2) - 2.0 * (a64 @ b64.transpose(-1, -2))
+    b_sq = (b64 * b64).sum(-1).unsqueeze(-2)
+    if a64.dim() == 2:
+        sq = torch.addmm(b_sq, a64, b64.T, beta=1.0, alpha=-2.0)
+    else:
+        sq = torch.baddbmm(b_sq, a64, b64.transpose(-1, -2), beta=1.0, alpha=-2.0)
     sq.add_((a64 * a64).sum(-1).unsqueeze(-1)).clamp_min_(0.0)
     return sq.to(a.dtype).sqrt_()
 
