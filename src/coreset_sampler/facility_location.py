@@ -186,6 +186,7 @@ class _Problem(NamedTuple):
     mask: Tensor  # [B, n] bool
     k: Tensor  # [B] int64
     kmax: int
+    kmin: int  # smallest budget: until then every problem is active
     base: Tensor  # [B] float64: the floor b (or −C for neg_distance, see _pairwise)
     kind: str  # similarity name, or "precomputed"
     lead_shape: tuple[int, ...]
@@ -404,6 +405,7 @@ def _prepare(
         mask=flat_mask,
         k=k_vec,
         kmax=kmax,
+        kmin=kmax if isinstance(k, int) else int(k_vec.min()),
         base=base,
         kind=kind,
         lead_shape=lead,
@@ -508,7 +510,7 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     by_col = dense if p.kind != "precomputed" else dense.transpose(1, 2).contiguous()
     flat_cols = by_col.reshape(batch * n, n)
     offsets = torch.arange(batch, device=p.device) * n
-    uniform = bool((p.k == p.kmax).all())
+    uniform = p.kmin == p.kmax
     tol = torch.zeros(batch, 1, dtype=dense.dtype, device=p.device)
     picks: list[Tensor] = []
     gains: list[Tensor] = []
@@ -654,7 +656,7 @@ def _incremental_loop(p: _Problem, g: Tensor, update: _Update) -> tuple[Tensor, 
             # the first pick moves (nearly) every point: recomputing is as cheap and tidier
             g = _full_gains(p, cur)
             continue
-        changed = (cur > old) & active[:, None]
+        changed = cur > old if active is None else (cur > old) & active[:, None]
         update(p, g, changed, old, cur, col, available)
     return indices, gains, _coverage(p, cur)
 
@@ -673,20 +675,19 @@ def _batched_update(
     total = b_idx.numel()
     if total == 0:
         return
-    lo, hi = old[b_idx, i_idx], cur[b_idx, i_idx]
-    lo_w, hi_w = lo.to(p.dtype)[:, None], hi.to(p.dtype)[:, None]
-    acc = torch.zeros_like(g)
+    lo, hi = old[b_idx, i_idx][:, None], cur[b_idx, i_idx][:, None]
+    lo_w, hi_w = lo.to(p.dtype), hi.to(p.dtype)
     chunk = p.chunk_size or max(1, _CHUNK_ELEMENTS // p.n)
+    lo_sum = torch.zeros(g.shape[0], dtype=torch.float64, device=p.device)
+    lo_sum.index_add_(0, b_idx, lo.squeeze(1))
     for start in range(0, total, chunk):
         sl = slice(start, min(total, start + chunk))
         block = _rows(p, b_idx[sl], i_idx[sl]).clamp_(min=lo_w[sl], max=hi_w[sl])
         if g.shape[0] == 1:
-            acc[0] += block.sum(0, dtype=torch.float64)
+            g[0] -= block.sum(0, dtype=torch.float64)
         else:
-            acc.index_add_(0, b_idx[sl], block.double())
-    lo_sum = torch.zeros(g.shape[0], dtype=torch.float64, device=p.device)
-    lo_sum.index_add_(0, b_idx, lo)
-    g -= acc - lo_sum[:, None]
+            g.index_add_(0, b_idx[sl], block.double(), alpha=-1.0)
+    g += lo_sum[:, None]
 
 
 def _rows(p: _Problem, b_idx: Tensor | None, i_idx: Tensor) -> Tensor:
@@ -786,10 +787,10 @@ def _compact(
 
 def _column(p: _Problem, pick: Tensor) -> Tensor:
     """``s(i, pick_b)`` for every point ``i`` of every problem: ``[B, n]`` float64."""
-    arange = torch.arange(pick.shape[0], device=p.device)
     if p.dense is not None:
-        return p.dense[arange, :, pick].double()
+        return p.dense.gather(2, pick.view(-1, 1, 1).expand(-1, p.n, 1)).squeeze(2).double()
     assert p.features is not None
+    arange = torch.arange(pick.shape[0], device=p.device)
     chosen = p.features[arange, pick].unsqueeze(1)  # [B, 1, d]
     return _pairwise(p.features, chosen, p.kind).squeeze(-1).double()
 
@@ -803,8 +804,16 @@ def _commit_pick(
     indices: Tensor,
     gains: Tensor,
     available: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Record ``pick`` (for problems whose budget is not spent) and return (new cur, active)."""
+) -> tuple[Tensor, Tensor | None]:
+    """Record ``pick`` (for problems whose budget is not spent) and return (new cur, active).
+
+    ``active`` is None when every problem is still within its budget.
+    """
+    if step < p.kmin:
+        gains[:, step] = (col - cur).clamp_min_(0.0).sum(1)  # padding: col − inf → 0
+        indices[:, step] = pick
+        available.scatter_(1, pick[:, None], False)
+        return torch.maximum(cur, col), None
     active = step < p.k
     exact_gain = torch.clamp_min(col - cur, 0.0).sum(1)  # padding: col − inf → clamp 0
     gains[:, step] = torch.where(active, exact_gain, 0.0)
@@ -882,6 +891,7 @@ def _per_problem(
             mask=p.mask[b : b + 1],
             k=p.k[b : b + 1],
             kmax=kb,
+            kmin=kb,
             base=p.base[b : b + 1],
         )
         idx, gain, cur = _compact(sub, solve)
