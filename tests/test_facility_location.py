@@ -178,6 +178,28 @@ def test_ragged_problems_with_mask_and_per_problem_k(method: str) -> None:
             assert out.objective[b].item() == pytest.approx(obj, rel=1e-12)
 
 
+@pytest.mark.parametrize("method", EXACT_METHODS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_padding_never_counts_for_any_similarity(method: str, similarity: str) -> None:
+    """Padding rows must not add to gains, whatever s(padding, j) would be."""
+    x = rng_features(13, 3, 70, 4)
+    mask = torch.ones(3, 70, dtype=torch.bool)
+    mask[0, 50:] = False
+    mask[2, 1::3] = False
+    out = greedy_facility_location(
+        x,
+        8,
+        mask=mask,
+        similarity=similarity,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
+    )
+    for b in range(3):
+        keep = mask[b].nonzero().squeeze(1)
+        selected, _, obj = naive_greedy(similarity_matrix(x[b, keep].numpy(), similarity), 8)
+        assert out.indices[b].tolist() == keep[selected].tolist()
+        assert out.objective[b].item() == pytest.approx(obj, rel=1e-12)
+
+
 def test_leading_dimensions_are_problems() -> None:
     x = rng_features(5, 2, 3, 20, 4)
     out = greedy_facility_location(x, 5)

@@ -390,15 +390,15 @@ def _prepare(
         )
         if materialise:
             dense = _pairwise(feats, feats, kind)
+            if mask is not None:
+                # padding rows and columns hold 0, as for a precomputed matrix: the solvers rely
+                # on it (s(padding, j) itself can be anything, e.g. exp(−‖0 − x_j‖/d) > 0)
+                dense = dense.masked_fill_(~(keep & flat_mask[:, None, :]), 0.0)
         if kind == "neg_distance" and dense is not None:
             # base = −C, so that relu(−d_ij − cur_i) starts at C − d_ij, without adding C to
             # every similarity (which would cost precision). Without a dense matrix, the solver
             # finds C in its first pass over the rows.
-            if mask is None:
-                base = dense.amin(dim=(1, 2)).double()
-            else:
-                pair_ok = flat_mask[:, :, None] & flat_mask[:, None, :]
-                base = torch.where(pair_ok, dense, 0.0).amin(dim=(1, 2)).double()
+            base = dense.amin(dim=(1, 2)).double()  # padding holds 0 ≥ −C
     return _Problem(
         features=feats,
         dense=dense,
@@ -582,6 +582,7 @@ def _full_gains(p: _Problem, cur: Tensor) -> Tensor:
         else:
             assert p.features is not None
             block = _pairwise(p.features[:, start:stop], p.features, p.kind)
+            block.masked_fill_(~p.mask[:, start:stop, None], 0.0)
         g += torch.maximum(block, cur_w[:, start:stop, None]).sum(1, dtype=torch.float64)
     return g - cur_w.sum(1, dtype=torch.float64)[:, None]
 
