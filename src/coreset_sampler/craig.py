@@ -57,8 +57,9 @@ _METHODS: tuple[str, ...] = get_args(Method)
 # random streams derived per epoch from (seed, epoch, stream)
 _SHUFFLE, _SELECT = 0, 1
 _STATE_VERSION = 1
-# elements of one [chunk_size, n] block of similarity rows when chunk_size is left automatic
-_ROW_ELEMENTS = 1 << 24
+# elements of one [chunk_size, n] block of recomputed similarity rows when chunk_size is left
+# automatic (16 MiB in float32; the kernel's temporaries add a few times that)
+_ROW_ELEMENTS = 1 << 22
 
 
 def _coreset_size(budget: float, num_samples: int) -> int:
@@ -71,8 +72,8 @@ def _coreset_size(budget: float, num_samples: int) -> int:
 
 
 def _auto_chunk(n: int) -> int:
-    """Rows per block so that one ``[rows, n]`` float32 block holds at most 2^24 elements."""
-    return max(1, min(n, _ROW_ELEMENTS // n))
+    """Rows per block of recomputed similarities: ``min(n, max(16, 2^22 // n))``."""
+    return min(n, max(16, _ROW_ELEMENTS // n))
 
 
 def _batch_positions(rng: np.random.Generator, size: int, m: int, steps: int) -> list[IntArray]:
@@ -123,11 +124,12 @@ class CraigBatchSampler(_BudgetedBatchSampler):
     pick (its examples are then covered by no one).
 
     **Memory.** The kernel never builds an n×n matrix for a class of n > 128 examples: rows of
-    the similarity are recomputed from the proxies in blocks of ``chunk_size`` rows (default:
-    as many as fit 2^24 float32 elements, 64 MiB), so a selection needs O(N·d + n·chunk_size)
-    memory. ``method="stochastic"`` (stochastic greedy, ``1 − 1/e − epsilon`` in expectation)
-    costs O(n²·d·ln(1/epsilon)) time whatever K is; the exact methods about O(n²·d) for the
-    first pick plus incremental corrections (measured numbers in ``docs/samplers.md``).
+    the similarity are recomputed from the proxies in blocks of ``chunk_size`` rows (default
+    ``max(16, 2^22 // n)``, blocks of about 2^22 elements), so a selection needs
+    O(N·d + n·chunk_size) memory. ``method="stochastic"`` (stochastic greedy,
+    ``1 − 1/e − epsilon`` in expectation) costs O(n²·d·ln(1/epsilon)) time whatever K is; the
+    exact methods O(n²·d) for the first picks plus incremental corrections (measured numbers
+    in ``docs/samplers.md``).
 
     **Yield.** Batches of exactly ``batch_size`` distinct indices, as
     :class:`~coreset_sampler.sampler.WeightedIndex` carrying w_j (read them with
@@ -160,7 +162,7 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         method: the kernel's method: ``"auto"`` (exact), ``"incremental"``, ``"stochastic"`` or
             ``"naive"`` (dense n×n: small classes only).
         epsilon: accuracy of ``method="stochastic"``, in (0, 1).
-        chunk_size: rows per block of recomputed similarities (default: 2^24 // n per class).
+        chunk_size: rows per block of recomputed similarities (default ``max(16, 2^22 // n)``).
         drop_last: round ``budget · N / batch_size`` down instead of up.
         seed: seed of the random streams (0 when neither ``seed`` nor ``generator`` is given).
         generator: a :class:`torch.Generator` to draw the seed from (once, at construction).
