@@ -1,0 +1,414 @@
+"""The training loop shared by the examples: full data, uniform random batches, or CREST.
+
+The loop is an ordinary PyTorch loop. CREST changes two things in it: the DataLoader's
+``batch_sampler`` and the weighted loss ``(w * F.cross_entropy(out, y, reduction="none")).mean()``
+(with full data and random batches every weight is 1, so the same line is the plain mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from coreset_sampler import (
+    CrestBatchSampler,
+    GradientProxyCallback,
+    QuadraticLossMonitor,
+    RandomBatchSampler,
+    WithWeights,
+)
+from coreset_sampler.craig import CraigBatchSampler
+
+METHODS: tuple[str, ...] = ("full", "random", "crest", "craig")
+
+
+@dataclass
+class Recipe:
+    """Optimiser and schedule (CREST §5: SGD, momentum 0.9, warm-up, ×0.1 at 60% and 85%)."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.1  # fraction of the epochs with a linear warm-up
+    milestones: tuple[float, ...] = (0.6, 0.85)  # fractions of the epochs, lr ×0.1 at each
+
+
+def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at optimizer step ``k`` (for ``LambdaLR``).
+
+    Defined in epochs, so every method (whatever its steps per epoch) follows the same schedule:
+    linear warm-up over the first ``warmup`` of the epochs, then ×0.1 at each milestone.
+    """
+    warmup_steps = recipe.warmup * recipe.epochs * steps_per_epoch
+
+    def factor(k: int) -> float:
+        epoch = k / steps_per_epoch
+        decay = 0.1 ** sum(epoch >= m * recipe.epochs for m in recipe.milestones)
+        if k < warmup_steps:
+            return decay * (k + 1) / warmup_steps
+        return decay
+
+    return factor
+
+
+def augment_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crop with zero padding plus random horizontal flip, for a batch ``[n, C, H, W]``."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator)
+    rows = (top + torch.arange(h).view(1, h, 1)).to(x.device)
+    cols = (left + torch.arange(w).view(1, 1, w)).to(x.device)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+    return torch.where(flip, out.flip(3), out)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 1000) -> float:
+    """Accuracy of ``model`` on ``dataset`` (an ``ImageDataset``), in eval mode."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        x, y = dataset.batch(range(start, min(start + batch_size, len(dataset))))
+        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+    model.train()
+    return correct / len(dataset)
+
+
+def make_loader(
+    method: str,
+    model: nn.Module,
+    train_set: Any,
+    labels: np.ndarray,
+    *,
+    budget: float,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    threshold: float = 0.05,
+    interval_multiplier: float = 1.0,
+) -> tuple[DataLoader[Any], Any]:
+    """The DataLoader of one method, and its batch sampler (``None`` for full data)."""
+    common: dict[str, Any] = {"num_workers": num_workers}
+    if num_workers > 0:
+        common["persistent_workers"] = True
+    if method == "full":
+        g = torch.Generator().manual_seed(seed)
+        loader = DataLoader(
+            WithWeights(train_set), batch_size=batch_size, shuffle=True, generator=g, **common
+        )
+        return loader, None
+    sampler: Any
+    if method == "random":
+        sampler = RandomBatchSampler(train_set, batch_size, budget=budget, seed=seed)
+    elif method == "crest":
+        # the two objects of the README's ten-line loop: proxies for selection, and the
+        # monitor that decides when to reselect (tracking only the classifier, for speed)
+        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
+        classifier = model.get_submodule("fc")
+        monitor = QuadraticLossMonitor(
+            classifier.parameters(), proxies.per_sample_loss, module=model, seed=seed,
+            threshold=threshold, interval_multiplier=interval_multiplier,
+        )  # fmt: skip
+        sampler = CrestBatchSampler(
+            train_set,
+            batch_size,
+            callback=proxies,
+            monitor=monitor,
+            labels=labels,
+            budget=budget,
+            seed=seed,
+        )
+    elif method == "craig":
+        # CRAIG (Mirzasoleiman et al., ICML 2020): one weighted coreset of budget·N examples
+        # per epoch, selected from the proxies of the whole training set
+        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
+        sampler = CraigBatchSampler(
+            train_set, batch_size, callback=proxies, labels=labels, budget=budget, seed=seed
+        )
+    else:
+        raise ValueError(f"method should be one of {METHODS}, but got method={method!r}")
+    return DataLoader(WithWeights(train_set), batch_sampler=sampler, **common), sampler
+
+
+def overheads(sampler: Any) -> dict[str, float | int]:
+    """The sampler's telemetry totals (selections and seconds per part), or zeros."""
+    t = getattr(sampler, "telemetry", None)
+    if t is None:
+        return {"selections": 0, "checks": 0, "dropped": 0, "proxies_s": 0.0, "kernel_s": 0.0,
+                "anchor_s": 0.0, "check_s": 0.0, "overhead_s": 0.0}  # fmt: skip
+    parts = {
+        "proxies_s": t.callback_seconds,
+        "kernel_s": t.kernel_seconds,
+        "anchor_s": t.anchor_seconds,
+        "check_s": t.check_seconds,
+    }
+    return {
+        "selections": t.num_selections,
+        "checks": t.num_checks,
+        "dropped": t.num_dropped,
+        **parts,
+        "overhead_s": sum(parts.values()),
+    }
+
+
+def train_one(
+    method: str,
+    model: nn.Module,
+    train_set: Any,
+    test_set: Any,
+    labels: np.ndarray,
+    recipe: Recipe,
+    *,
+    budget: float,
+    seed: int,
+    device: torch.device,
+    num_workers: int = 0,
+    augment: bool = False,
+    max_steps: int | None = None,
+    threshold: float = 0.05,
+    interval_multiplier: float = 1.0,
+) -> dict[str, Any]:
+    """Train ``model`` with one method; returns per-epoch history and final numbers.
+
+    ``seconds`` is the training wall time (data loading, selection, checks, forward, backward,
+    optimizer), without the per-epoch test evaluation, which is timed apart (``eval_s``).
+    ``max_steps`` stops each epoch early (for smoke tests).
+    """
+    model.to(device).train()
+    loader, sampler = make_loader(
+        method, model, train_set, labels, budget=budget, batch_size=recipe.batch_size,
+        seed=seed, num_workers=num_workers, threshold=threshold,
+        interval_multiplier=interval_multiplier,
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+    )  # fmt: skip
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe, steps_per_epoch))
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    history: list[dict[str, Any]] = []
+    train_s = eval_s = 0.0
+    steps = 0
+    for epoch in range(recipe.epochs):
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        for k, (x, y, w) in enumerate(loader):
+            if max_steps is not None and k >= max_steps:
+                break
+            x, y, w = x.to(device), y.to(device), w.to(device)
+            if augment:
+                x = augment_crop_flip(x, aug_gen)
+            out = model(x)
+            loss = (w * F.cross_entropy(out, y, reduction="none")).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += float((out.argmax(1) == y).sum())
+            seen += len(y)
+        epoch_s = time.perf_counter() - t0
+        train_s += epoch_s
+        t1 = time.perf_counter()
+        acc = evaluate(model, test_set, device)
+        eval_s += time.perf_counter() - t1
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "test_acc": acc,
+            "seconds": epoch_s,
+            "train_s": train_s,
+            "lr": optimizer.param_groups[0]["lr"],
+            "selections": overheads(sampler)["selections"],
+        }
+        history.append(row)
+        print(
+            f"[{method:>6}] epoch {epoch + 1:3d}/{recipe.epochs}  loss {row['loss']:.4f}  "
+            f"train acc {100 * row['train_acc']:5.1f}%  test acc {100 * acc:5.2f}%  "
+            f"{epoch_s:6.1f} s  selections {row['selections']}",
+            flush=True,
+        )
+    return {
+        "method": method,
+        "test_acc": history[-1]["test_acc"],
+        "seconds": train_s,
+        "eval_s": eval_s,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        **overheads(sampler),
+        "history": history,
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    epochs: int,
+    threads: int = 0,
+    tau: float | None = 0.05,
+    h: float | None = 1.0,
+) -> None:
+    """Options every example takes."""
+    parser.add_argument(
+        "--budget", type=float, default=0.1, help="random/crest/craig: fraction of the steps"
+    )
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument(
+        "--threads", type=int, default=threads, help="torch intra-op threads (0: torch's "
+        "default); 1 is fastest for small models on a shared or small CPU",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--tau", type=float, default=tau, help="CREST: reselect when rho > tau")
+    parser.add_argument("--h", type=float, default=h, help="CREST: check-interval multiplier")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop every epoch after this many steps "
+        "(smoke tests)",
+    )  # fmt: skip
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads`` unless 0 (keep torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generator (model initialisation; the samplers take `seed`)."""
+    torch.manual_seed(seed)
+
+
+def finish(
+    results: dict[str, dict[str, Any]], meta: dict[str, Any], out: str | None
+) -> dict[str, Any]:
+    """Add relative error and speedup against ``full``, print the table, write JSON and plot."""
+    full = results.get("full")
+    for r in results.values():
+        if full is not None:
+            r["rel_err"] = abs(r["test_acc"] - full["test_acc"]) / max(full["test_acc"], 1e-12)
+            r["speedup"] = full["seconds"] / max(r["seconds"], 1e-12)
+        else:
+            r["rel_err"] = r["speedup"] = None
+    print_table(results)
+    report = {**meta, "hardware": hardware(), "results": results}
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+        png = plot(results, path.with_suffix(".png"), title=str(meta.get("title", "")))
+        if png is not None:
+            print(f"wrote {png}")
+    return report
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    """One row per method: accuracy, relative error, wall time, speedup, overheads."""
+    cols = ("method", "test acc", "rel err", "train s", "speedup", "steps", "selections",
+            "proxies s", "kernel s", "anchor s", "check s")  # fmt: skip
+    rows = []
+    for name, r in results.items():
+        rows.append((
+            name,
+            f"{100 * r['test_acc']:.2f}%",
+            "-" if r["rel_err"] is None else f"{100 * r['rel_err']:.2f}%",
+            f"{r['seconds']:.1f}",
+            "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+            str(r["steps"]),
+            str(r["selections"]),
+            *(f"{r[k]:.2f}" for k in ("proxies_s", "kernel_s", "anchor_s", "check_s")),
+        ))  # fmt: skip
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
+    print("\n" + line + "\n" + "-" * len(line))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    print(
+        "rel err = |acc - acc_full| / acc_full; speedup = full train s / method train s (all "
+        "sampler overhead included, test evaluation excluded); proxies/kernel/anchor/check s: "
+        "the sampler's telemetry (gradient proxies, facility location, quadratic model, checks)"
+    )
+    for name, r in results.items():
+        print(
+            f"final [{name}] test acc {100 * r['test_acc']:.2f}%  train {r['seconds']:.1f} s  "
+            f"overhead {r['overhead_s']:.1f} s (proxies {r['proxies_s']:.1f}, kernel "
+            f"{r['kernel_s']:.1f}, anchor {r['anchor_s']:.1f}, check {r['check_s']:.1f})"
+        )
+
+
+def hardware() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Test accuracy against epochs and against training seconds (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)")
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in results.items():
+        epochs = [h["epoch"] for h in r["history"]]
+        acc = [100 * h["test_acc"] for h in r["history"]]
+        ax1.plot(epochs, acc, marker=".", label=name)
+        ax2.plot([h["train_s"] for h in r["history"]], acc, marker=".", label=name)
+    ax1.set(xlabel="epoch", ylabel="test accuracy (%)")
+    ax2.set(xlabel="training seconds", ylabel="test accuracy (%)", xscale="log")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"full,random,crest"`` → a checked list."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise SystemExit(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    return methods

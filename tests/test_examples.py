@@ -1,0 +1,268 @@
+"""The examples on tiny generated data in the real on-disk formats (gzip IDX, CIFAR tarballs).
+
+Each script runs a few steps through its ``main(argv)``, so the loaders, the models and the
+training loop cannot rot; the loaders' parsing and their error messages are checked directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle
+import struct
+import sys
+import tarfile
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# the scripts import their siblings (_data, _nets, _train) as top-level modules
+sys.path.insert(0, str(EXAMPLES))
+
+import _data  # noqa: E402
+import cifar  # noqa: E402
+import fashion_mnist  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _train import Recipe, augment_crop_flip, lr_factor  # noqa: E402
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file: 0, 0, type 0x08 (uint8), ndim, big-endian sizes, then the bytes; gzipped."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 300), ("test", 40)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images_name, labels_name = _data.FASHION_MNIST_FILES[split]
+        write_idx(root / images_name, images)
+        write_idx(root / labels_name, labels)
+        arrays[split] = (images, labels)
+    return root, arrays
+
+
+def make_cifar_tarball(root: Path, name: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """A tarball like the real one: python pickles with bytes keys, uint8 [n, 3072] rows."""
+    meta = _data.CIFAR[name]
+    rng = np.random.default_rng(1)
+    classes = meta["num_classes"]
+    written: dict[str, list[tuple[np.ndarray, list[int]]]] = {"train": [], "test": []}
+    path = root / meta["filename"]
+    with tarfile.open(path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for member in meta[split]:
+                n = sizes[split]
+                data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+                labels = [int(v) for v in rng.integers(0, classes, n)]
+                batch: dict[bytes, Any] = {b"data": data, meta["label_key"]: labels}
+                if name == "cifar100":
+                    batch[b"coarse_labels"] = [v // 5 for v in labels]
+                blob = pickle.dumps(batch, protocol=2)
+                info = tarfile.TarInfo(member)
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+                written[split].append((data, labels))
+    return {"path": path, "md5": _data.md5sum(path), "written": written}
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("cifar")
+    return root, {
+        "cifar10": make_cifar_tarball(root, "cifar10", {"train": 40, "test": 30}),
+        "cifar100": make_cifar_tarball(root, "cifar100", {"train": 200, "test": 30}),
+    }
+
+
+@pytest.fixture
+def fake_md5(monkeypatch: pytest.MonkeyPatch, cifar_dir: tuple[Path, dict[str, Any]]) -> None:
+    """Make the loader accept the generated tarballs (their md5 replaces the real one)."""
+    for name, info in cifar_dir[1].items():
+        monkeypatch.setitem(_data.CIFAR[name], "md5", info["md5"])
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+def test_read_idx_round_trip(tmp_path: Path) -> None:
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", array)
+    out = _data.read_idx(tmp_path / "a.gz")
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, array)
+
+
+def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        _data.read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 5) + b"abc")
+    with pytest.raises(ValueError, match=r"shape \(5,\) \(5 values\) but the file holds 3"):
+        _data.read_idx(tmp_path / "short")
+    (tmp_path / "float").write_bytes(bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 1) + b"abcd")
+    with pytest.raises(ValueError, match="unsupported IDX type code 0x0d"):
+        _data.read_idx(tmp_path / "float")
+
+
+def test_load_fashion_mnist(fashion_dir: tuple[Path, dict[str, Any]]) -> None:
+    root, arrays = fashion_dir
+    data = _data.load_fashion_mnist(root)
+    for split, n in (("train", 300), ("test", 40)):
+        images, labels = data[split]
+        assert images.shape == (n, 1, 28, 28) and images.dtype == np.uint8
+        assert labels.shape == (n,) and labels.dtype == np.int64
+        np.testing.assert_array_equal(images[:, 0], arrays[split][0])
+        np.testing.assert_array_equal(labels, arrays[split][1])
+        assert set(labels.tolist()) == set(range(10))
+
+
+def test_fashion_mnist_missing_names_the_install_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        _data.load_fashion_mnist(tmp_path)
+    with pytest.raises(SystemExit, match="--data-dir"):
+        fashion_mnist.main(["--data-dir", str(tmp_path), "--threads", "0", "--out", ""])
+
+
+def test_fashion_mnist_example_runs(
+    fashion_dir: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fm.json"
+    argv = ["--data-dir", str(fashion_dir[0]), "--epochs", "2", "--batch-size", "16",
+            "--max-steps", "3", "--threads", "0", "--width", "4", "--out", str(out)]  # fmt: skip
+    report = fashion_mnist.main(argv)
+    results = report["results"]
+    assert list(results) == ["full", "random", "crest"]
+    assert results["full"]["rel_err"] == 0.0 and results["full"]["speedup"] == 1.0
+    # 300 examples, batch 16, budget 0.1: ceil(30 / 16) = 2 steps per epoch
+    assert results["random"]["steps_per_epoch"] == results["crest"]["steps_per_epoch"] == 2
+    assert results["full"]["steps"] == 2 * 3 and results["crest"]["steps"] == 2 * 2
+    assert results["crest"]["selections"] >= 1 and results["random"]["selections"] == 0
+    assert len(results["crest"]["history"]) == 2
+    for r in results.values():
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["seconds"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["results"]["crest"]["test_acc"] == results["crest"]["test_acc"]
+    assert saved["num_train"] == 300
+    pytest.importorskip("matplotlib")
+    assert out.with_suffix(".png").is_file()
+    text = capsys.readouterr().out
+    assert "rel err" in text and "final [crest] test acc" in text and "epoch   2/2" in text
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+def test_augment_crop_flip_gives_flipped_windows_of_the_padded_image() -> None:
+    x = torch.arange(8 * 2 * 6 * 6, dtype=torch.float32).reshape(8, 2, 6, 6) + 1
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
+    assert out.shape == x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    for n in range(8):
+        windows = [padded[n, :, i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(2)) for w in windows)
+
+
+def test_lr_schedule_warm_up_and_steps() -> None:
+    factor = lr_factor(Recipe(epochs=20), steps_per_epoch=10)  # warm-up: 20 steps
+    assert factor(0) == pytest.approx(1 / 20) and factor(19) == pytest.approx(1.0)
+    assert factor(20) == 1.0 and factor(119) == 1.0
+    assert factor(120) == pytest.approx(0.1) and factor(170) == pytest.approx(0.01)
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_load_cifar(name: str, cifar_dir: tuple[Path, dict[str, Any]], fake_md5: None) -> None:
+    root, info = cifar_dir
+    data = _data.load_cifar(name, root, download=False)
+    for split in ("train", "test"):
+        images, labels = data[split]
+        written = info[name]["written"][split]
+        n = sum(len(lab) for _, lab in written)
+        assert images.shape == (n, 3, 32, 32) and images.dtype == np.uint8
+        assert labels.shape == (n,) and labels.dtype == np.int64
+        # rows are 1024 red, 1024 green, 1024 blue values, each 32×32 in row-major order
+        first, first_labels = written[0]
+        np.testing.assert_array_equal(images[0, 1, 0, :], first[0, 1024:1056])
+        np.testing.assert_array_equal(images[0, 2, 31, 31], first[0, 3071])
+        np.testing.assert_array_equal(labels[: len(first_labels)], first_labels)
+        assert labels.max() < _data.CIFAR[name]["num_classes"]
+
+
+def test_cifar_md5_mismatch(cifar_dir: tuple[Path, dict[str, Any]]) -> None:
+    with pytest.raises(ValueError, match=r"has md5 [0-9a-f]{32}, expected c58f30108f718f92"):
+        _data.load_cifar("cifar10", cifar_dir[0])
+
+
+def test_cifar_missing_without_internet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: Any, **kwargs: Any) -> Any:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(_data.urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError, match=r"download failed .*no internet.*cifar-10-python"):
+        _data.fetch_cifar("cifar10", tmp_path / "data")
+    assert not list((tmp_path / "data").iterdir())  # no partial file left behind
+    with pytest.raises(FileNotFoundError, match=r"not found; download https://www.cs.toronto"):
+        _data.fetch_cifar("cifar100", tmp_path, download=False)
+    with pytest.raises(SystemExit, match="md5 eb9058c3a382ffc7106e4002c42a8d85"):
+        cifar.main(["--dataset", "cifar100", "--data-dir", str(tmp_path), "--out", ""])
+
+
+def test_cifar_download_checks_md5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cifar_dir: tuple[Path, dict[str, Any]]
+) -> None:
+    blob = cifar_dir[1]["cifar10"]["path"].read_bytes()
+    monkeypatch.setattr(_data.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(blob))
+    with pytest.raises(ValueError, match=r"downloaded .* has md5 .* deleted it"):
+        _data.fetch_cifar("cifar10", tmp_path)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setitem(_data.CIFAR["cifar10"], "md5", cifar_dir[1]["cifar10"]["md5"])
+    path = _data.fetch_cifar("cifar10", tmp_path)
+    assert path == tmp_path / "cifar-10-python.tar.gz" and path.read_bytes() == blob
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("cifar10", "crest"),
+        ("cifar10", "full"),
+        ("cifar10", "craig"),
+        ("cifar100", "random"),
+        ("cifar100", "crest"),
+    ],
+)
+def test_cifar_example_runs(
+    name: str,
+    method: str,
+    cifar_dir: tuple[Path, dict[str, Any]],
+    fake_md5: None,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "c.json"
+    batch = "8" if name == "cifar100" else "16"  # ResNet-18 is slow on CPU: smaller batches
+    argv = ["--dataset", name, "--method", method, "--data-dir", str(cifar_dir[0]),
+            "--epochs", "1", "--batch-size", batch, "--max-steps", "2", "--threads", "0",
+            "--out", str(out)]  # fmt: skip
+    report = cifar.main(argv)
+    result = report["results"][method]
+    assert result["steps"] == 2 and 0.0 <= result["test_acc"] <= 1.0
+    assert report["args"]["tau"] == cifar.SETUPS[name]["tau"]
+    if method in ("crest", "craig"):
+        assert result["selections"] >= 1
+    assert json.loads(out.read_text())["results"][method]["steps"] == 2
