@@ -197,8 +197,8 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="pass seed or generator, not both"):
         KCenterBatchSampler(100, 5, callback=p, seed=1, generator=torch.Generator())
 
-    def wrong(idx: list[int]) -> Tensor:
-        return torch.zeros(len(idx))
+    def wrong(indices: list[int]) -> Tensor:
+        return torch.zeros(len(indices))
 
     with pytest.raises(ValueError, match=r"callback\(indices\) at selection 0 \(step 0\) returned"):
         next(iter(KCenterBatchSampler(100, 5, callback=wrong)))
