@@ -31,7 +31,7 @@ Split = tuple[U8, I64]
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -90,7 +90,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict[s
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}). On Debian or "
-            f"Ubuntu install it with\n    sudo {FASHION_MNIST_INSTALL}\nor download the four "
+            f"Ubuntu install it with\n    {FASHION_MNIST_INSTALL}\nor download the four "
             "*-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist and pass "
             "--data-dir DIR"
         )

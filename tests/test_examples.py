@@ -266,3 +266,14 @@ def test_cifar_example_runs(
     if method in ("crest", "craig"):
         assert result["selections"] >= 1
     assert json.loads(out.read_text())["results"][method]["steps"] == 2
+
+
+def test_fashion_mnist_example_with_workers(
+    fashion_dir: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """CREST with DataLoader workers: the sampler stays in the main process, weights travel."""
+    argv = ["--data-dir", str(fashion_dir[0]), "--methods", "crest", "--epochs", "1",
+            "--batch-size", "16", "--num-workers", "2", "--threads", "0", "--width", "4",
+            "--out", ""]  # fmt: skip
+    result = fashion_mnist.main(argv)["results"]["crest"]
+    assert result["steps"] == 2 and result["selections"] >= 1 and result["rel_err"] is None
