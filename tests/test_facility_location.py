@@ -113,6 +113,15 @@ def test_equals_naive_reference(method: str, similarity: str, n: int, d: int, k:
         assert out.weights[b].tolist() == cluster_sizes(sim, selected)
 
 
+def test_auto_with_chunk_size_on_a_small_problem() -> None:
+    """chunk_size forbids the dense matrix, so "auto" must not pick the naive path."""
+    x = rng_features(8, 3, 40, 5)
+    chunked = greedy_facility_location(x, 6, chunk_size=16)
+    dense = greedy_facility_location(x, 6)
+    assert torch.equal(chunked.indices, dense.indices)
+    torch.testing.assert_close(chunked.objective, dense.objective, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("similarity", ["neg_distance", "exp", "dot"])
 def test_chunked_feature_path_equals_dense(similarity: str) -> None:
     """chunk_size forces rows to be recomputed from features (no n×n matrix)."""

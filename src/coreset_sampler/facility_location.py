@@ -106,7 +106,7 @@ def greedy_facility_location(
       ``O(n²·d·ln(1/epsilon))`` time whatever ``k`` is, ``O(n·chunk)`` memory, and a
       ``1 − 1/e − epsilon`` guarantee in expectation. Uses ``generator`` (seed 0 when omitted;
       the global RNG is never touched).
-    * ``"auto"``: naive for ``n ≤ 128``, else incremental.
+    * ``"auto"``: naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else incremental.
 
     Distances are computed from differences when ``d ≤ 32`` and through a float64 matrix
     product above, never from a float32 ``‖a‖² + ‖b‖² − 2ab``, whose rounding changes picks.
@@ -153,7 +153,8 @@ def greedy_facility_location(
     """
     problem = _prepare(features, k, mask, similarity, method, epsilon, chunk_size)
     if method == "auto":
-        method = "naive" if problem.n <= _NAIVE_MAX_N else "incremental"
+        small = problem.n <= _NAIVE_MAX_N and problem.dense is not None
+        method = "naive" if small else "incremental"
     if method == "stochastic":
         gen = generator
         if gen is None:
