@@ -120,7 +120,8 @@ def make_loader(
         sampler = RandomBatchSampler(train_set, batch_size, budget=budget, seed=seed)
     elif method == "crest":
         # the two objects of the README's ten-line loop: proxies for selection, and the
-        # monitor that decides when to reselect (tracking only the classifier, for speed)
+        # monitor that decides when to reselect (tracking only the classifier, for speed);
+        # train_set.batch loads a whole batch at once (the dataset itself works, item by item)
         proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
         classifier = model.get_submodule("fc")
         monitor = QuadraticLossMonitor(
