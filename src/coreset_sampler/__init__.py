@@ -6,6 +6,7 @@ Data-efficient Deep Learning", ICML 2023.
 
 from __future__ import annotations
 
+from coreset_sampler.craig import CraigBatchSampler
 from coreset_sampler.facility_location import FacilityLocationResult, greedy_facility_location
 from coreset_sampler.gradients import (
     GradientProxyCallback,
@@ -15,6 +16,7 @@ from coreset_sampler.gradients import (
     per_sample_grads,
 )
 from coreset_sampler.k_center import KCenterResult, greedy_k_center
+from coreset_sampler.k_center_sampler import KCenterBatchSampler
 from coreset_sampler.monitor import (
     AnchorReport,
     CheckReport,
@@ -42,6 +44,8 @@ __all__ = [  # noqa: RUF022
     "__version__",
     # samplers and the weights that travel with their batches
     "CrestBatchSampler",
+    "CraigBatchSampler",
+    "KCenterBatchSampler",
     "RandomBatchSampler",
     "WeightedIndex",
     "WithWeights",
