@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
@@ -315,8 +316,11 @@ class _BudgetedBatchSampler(Sampler[list[int]]):
         drop_last: bool,
         seed: int | None,
         generator: torch.Generator | None,
+        num_replicas: int | None = 1,
+        rank: int | None = 0,
     ) -> None:
         super().__init__()
+        self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
         self.num_samples = _num_samples(data_source)
         self.batch_size = check_positive_int("batch_size", batch_size)
         if not isinstance(drop_last, bool):
@@ -333,12 +337,13 @@ class _BudgetedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"budget should be in (0, 1], but got budget={budget!r}")
         self.budget = float(budget)
         self._num_steps = _steps_per_epoch(
-            self.budget, self.num_samples, self.batch_size, self.drop_last
+            self.budget, self.num_samples, self.batch_size, self.drop_last, self.num_replicas
         )
         if self._num_steps == 0:
+            per = self.budget * self.num_samples / (self.batch_size * self.num_replicas)
             raise ValueError(
-                f"budget={budget!r} gives 0 steps per epoch: budget·num_samples/batch_size = "
-                f"{self.budget * self.num_samples / self.batch_size:.4g} rounds down to 0 with "
+                f"budget={budget!r} gives 0 steps per epoch: budget·num_samples/"
+                f"(batch_size·num_replicas) = {per:.4g} rounds down to 0 with "
                 f"drop_last=True; raise the budget or use drop_last=False"
             )
         self.seed = _resolve_seed(seed, generator)
@@ -386,8 +391,12 @@ class _BudgetedBatchSampler(Sampler[list[int]]):
         self._epoch += 1
         self._step_in_epoch = 0
 
-    def _rng(self, epoch: int, stream: int) -> np.random.Generator:
-        seq = np.random.SeedSequence(self.seed, spawn_key=(epoch, stream))
+    def _rng(self, epoch: int, stream: int, *, per_rank: bool = False) -> np.random.Generator:
+        """The stream ``(seed, epoch, stream)``, or ``(…, rank)`` for a rank's own stream."""
+        key: tuple[int, ...] = (epoch, stream)
+        if per_rank and self.num_replicas > 1:
+            key = (epoch, stream, self.rank)
+        seq = np.random.SeedSequence(self.seed, spawn_key=key)
         return np.random.Generator(np.random.PCG64(seq))
 
 
@@ -428,6 +437,8 @@ class RandomBatchSampler(_BudgetedBatchSampler):
         drop_last: bool = False,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__(
             data_source,
@@ -436,24 +447,28 @@ class RandomBatchSampler(_BudgetedBatchSampler):
             drop_last=drop_last,
             seed=seed,
             generator=generator,
+            num_replicas=num_replicas,
+            rank=rank,
         )
 
     def __iter__(self) -> Iterator[list[int]]:
         resumed = self._begin_pass()
         skip = self._step_in_epoch if resumed else 0
-        rng = self._rng(self._epoch, 0)
+        rng = self._rng(self._epoch, 0)  # the same permutations on every rank
         perm = rng.permutation(self.num_samples)
         pos = 0
         m = self.batch_size
-        for k in range(self._num_steps):
+        replicas = self.num_replicas
+        for k in range(self._num_steps * replicas):
             if pos + m > self.num_samples:
                 perm = rng.permutation(self.num_samples)
                 pos = 0
             chunk = perm[pos : pos + m]
             pos += m
-            if k < skip:
+            step, owner = divmod(k, replicas)  # rank r takes global batches r, r+R, r+2R, …
+            if owner != self.rank or step < skip:
                 continue
-            self._step_in_epoch = k + 1
+            self._step_in_epoch = step + 1
             yield [WeightedIndex(int(i), 1.0) for i in chunk]
         self._end_pass()
 
@@ -467,6 +482,8 @@ class RandomBatchSampler(_BudgetedBatchSampler):
             "version": _STATE_VERSION,
             "num_samples": self.num_samples,
             "batch_size": self.batch_size,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
             "seed": self.seed,
             "epoch": self._epoch,
             "step_in_epoch": self._step_in_epoch,
@@ -548,8 +565,21 @@ class CrestBatchSampler(_BudgetedBatchSampler):
     ``type(bs)(sampler, batch_size=..., drop_last=...)`` only when it injects a
     ``DistributedSampler`` (multi-device runs) or predicts. That cannot carry the callback (a
     required keyword) and a CREST sampler cannot draw its pools from another sampler, so it is
-    not supported: on several devices pass ``Trainer(use_distributed_sampler=False)``
-    (distributed sampling itself is not implemented yet). On one device nothing is re-created.
+    not supported: on several devices pass ``Trainer(use_distributed_sampler=False)`` (the
+    sampler shards itself, below). On one device nothing is re-created.
+
+    **Distributed.** With ``num_replicas`` R (default: the process group's world size) every
+    rank yields ``ceil(budget·N / (batch_size·R))`` batches per epoch, so the R ranks together
+    spend the budget. Each rank draws its own pools (its random streams are keyed by its rank;
+    pools of different ranks may overlap, as pools of one rank may) and selects its own
+    coresets, so the global batch is the union of the ranks' coresets. All ranks check and
+    reselect on the same steps: after each anchor they take the smallest T1 of any rank, and
+    at each check they reselect when any rank's ρ exceeds τ (one small all-reduce each, on a
+    gloo group of the sampler's own, so it never interleaves with DDP's gradient all-reduces).
+    Construct the sampler at the same point on every rank (creating that group is collective),
+    and give it the unwrapped model's callback and monitor (:class:`GradientProxyCallback` and
+    :class:`QuadraticLossMonitor` unwrap ``DistributedDataParallel`` themselves). Dropping is
+    per rank. A state saved with one world size or rank is refused by another.
 
     Args:
         data_source: the dataset (anything with ``len``) or its size N. Not a sampler.
@@ -575,6 +605,9 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         generator: a :class:`torch.Generator` to draw the seed from (once, at construction).
         history_size: batches remembered by :meth:`weights_for`.
         telemetry_size: records kept in :attr:`telemetry` (the counters are never truncated).
+        num_replicas: processes of a distributed run (default: the process group's world size,
+            1 without one); ``len(sampler)`` is ``ceil(budget·N / (batch_size·num_replicas))``.
+        rank: this process's rank (default: its rank in the process group, 0 without one).
 
     Raises:
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
@@ -621,6 +654,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         generator: torch.Generator | None = None,
         history_size: int = 4096,
         telemetry_size: int = 1000,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__(
             data_source,
@@ -629,7 +664,10 @@ class CrestBatchSampler(_BudgetedBatchSampler):
             drop_last=drop_last,
             seed=seed,
             generator=generator,
+            num_replicas=num_replicas,
+            rank=rank,
         )
+        self._group = _agreement_group(self.num_replicas)
         n = self.num_samples
         if not callable(callback):
             raise TypeError(f"callback should be callable, but got {type(callback).__name__}")
@@ -838,6 +876,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
             "version": _STATE_VERSION,
             "num_samples": self.num_samples,
             "batch_size": self.batch_size,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
             "seed": self.seed,
             "epoch": self._epoch,
             "step_in_epoch": self._step_in_epoch,
@@ -916,7 +956,16 @@ class CrestBatchSampler(_BudgetedBatchSampler):
     # -- the schedule ---------------------------------------------------------------------
 
     def _make_rngs(self, epoch: int) -> dict[str, np.random.Generator]:
-        return {name: self._rng(epoch, k) for k, name in enumerate(_STREAMS)}
+        return {name: self._rng(epoch, k, per_rank=True) for k, name in enumerate(_STREAMS)}
+
+    def _agree(self, value: float, op: str) -> float:
+        """The max (or min) of ``value`` over all ranks; ``value`` itself without a group."""
+        if self._group is None:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        reduce = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN
+        dist.all_reduce(t, op=reduce, group=self._group)
+        return float(t.item())
 
     def _next_batch(self) -> list[int]:
         if self._step < self.warmup_steps:
@@ -949,7 +998,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
             if self._steps_since_selection >= self.reselect_every:
                 self._select("interval")
             return
-        interval = int(self.monitor.interval)
+        interval = self._interval if self._interval is not None else int(self.monitor.interval)
         if self._steps_since_check < interval:
             return
         start = time.perf_counter()
@@ -957,7 +1006,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         seconds = time.perf_counter() - start
         self._steps_since_check = 0
         self._capture_monitor_state()
-        reselect = bool(report.reselect)
+        # every rank reselects when any rank's model error exceeds the threshold
+        reselect = bool(self._agree(float(bool(report.reselect)), "max"))
         record = CheckRecord(
             step=self._step,
             seconds=seconds,
@@ -1012,7 +1062,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 check.tolist(),
             )
             anchor_seconds = time.perf_counter() - t0
-            self._interval = int(self.monitor.interval)
+            # all ranks check on the same steps: the smallest T1 of any rank
+            self._interval = int(self._agree(float(self.monitor.interval), "min"))
             self._capture_monitor_state()
 
         record = SelectionRecord(
@@ -1180,6 +1231,40 @@ def _num_samples(data_source: Any) -> int:
     return n
 
 
+def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)``, from the default process group where not given."""
+    grouped = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if grouped else 1
+    if rank is None:
+        rank = dist.get_rank() if grouped else 0
+    check_positive_int("num_replicas", num_replicas)
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"rank should be an integer value, but got rank={rank!r}")
+    if rank >= num_replicas or rank < 0:
+        raise ValueError(
+            f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]"
+        )
+    return num_replicas, rank
+
+
+def _agreement_group(num_replicas: int) -> Any:
+    """A gloo group for the sampler's own collectives (None: decide locally).
+
+    Separate from the training's group, so that the sampler's small CPU all-reduces never
+    interleave with DDP's gradient all-reduces (or need a CUDA tensor under NCCL). Creating it
+    is itself collective: every rank constructs its sampler at the same point of the program.
+    """
+    if num_replicas == 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    if dist.get_world_size() != num_replicas:
+        raise ValueError(
+            f"num_replicas={num_replicas} differs from the process group's world size "
+            f"{dist.get_world_size()}"
+        )
+    return dist.new_group(backend="gloo")
+
+
 def _resolve_seed(seed: int | None, generator: torch.Generator | None) -> int:
     if seed is not None and generator is not None:
         raise ValueError(f"pass seed or generator, not both (got seed={seed!r} and a generator)")
@@ -1339,9 +1424,14 @@ def _check_state(state: Any, sampler: _BudgetedBatchSampler, keys: Sequence[str]
     missing = sorted(set(keys) - set(state))
     if missing:
         raise ValueError(f"state is missing keys {missing}")
-    for key in ("num_samples", "batch_size"):
+    for key in ("num_samples", "batch_size", "num_replicas", "rank"):
         if key in state and state[key] != getattr(sampler, key):
+            hint = (
+                " (resuming with another world size or rank is not supported)"
+                if key in ("num_replicas", "rank")
+                else ""
+            )
             raise ValueError(
                 f"state was saved with {key}={state[key]!r} but this sampler has "
-                f"{key}={getattr(sampler, key)!r}"
+                f"{key}={getattr(sampler, key)!r}{hint}"
             )
