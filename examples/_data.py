@@ -31,7 +31,9 @@ Split = tuple[U8, I64]
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_INSTALL = (
+    "apt-get update && apt-get install -y dataset-fashion-mnist  (as root, or with sudo)"
+)
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
