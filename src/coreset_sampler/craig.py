@@ -172,7 +172,7 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
         ValueError: on invalid values, naming the argument and the value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> from coreset_sampler.sampler import WithWeights

@@ -133,7 +133,7 @@ def greedy_facility_location(
             selects nothing in a problem, an unknown similarity or method. Messages name the
             argument, the problem index and the value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2], [9.0]])
         >>> result = greedy_facility_location(x, 2)

@@ -85,7 +85,7 @@ def cross_entropy_logit_grad(
         TypeError: if ``logits`` is not floating point or ``target`` has an unsupported dtype.
         ValueError: if shapes disagree or ``label_smoothing`` is outside [0, 1].
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = cross_entropy_logit_grad(torch.zeros(2, 4), torch.tensor([0, 3]))
         >>> g
@@ -170,7 +170,7 @@ def last_layer_grad(logit_grad: Tensor, features: Tensor, *, bias: bool = True) 
         TypeError: if an argument is not a floating tensor.
         ValueError: if the row counts differ or a tensor is not 2-D.
 
-    Example:
+    Examples:
         >>> import torch
         >>> last_layer_grad(torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, 3.0]]))
         tensor([[ 2.,  3., -2., -3.,  1., -1.]])
@@ -215,7 +215,7 @@ def logit_grad(
     Returns:
         ``[n, outputs[0].numel()]`` tensor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mse = lambda o, t: ((o - t) ** 2).sum(dim=1)
         >>> logit_grad(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]), mse)
@@ -266,7 +266,7 @@ def per_sample_grads(
         ValueError: if ``params`` names something that is not a parameter of ``model``, or
             selects nothing.
 
-    Example:
+    Examples:
         >>> import torch
         >>> lin = torch.nn.Linear(3, 2)
         >>> x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -333,7 +333,7 @@ class GradientProxyCallback:
         TypeError: on arguments of the wrong type.
         ValueError: on invalid values.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> g = torch.Generator().manual_seed(0)

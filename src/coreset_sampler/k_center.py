@@ -74,7 +74,7 @@ def greedy_k_center(
             be at most the number of valid points that are not initial centres), an initial
             centre on a padding row.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
         >>> out = greedy_k_center(x, 2)

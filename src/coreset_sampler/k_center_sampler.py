@@ -100,7 +100,7 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
         ValueError: on invalid values, naming the argument and the value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> proxies = torch.randn(500, 4, generator=g)

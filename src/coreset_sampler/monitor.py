@@ -130,7 +130,7 @@ def hessian_vector_product(
     Returns:
         ``(grads, hvps)``, tuples with one tensor per parameter.
 
-    Example:
+    Examples:
         >>> import torch
         >>> f = lambda p: (p[0] ** 3).sum()
         >>> g, hv = hessian_vector_product(f, (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
@@ -185,7 +185,7 @@ def hutchinson_diagonal(
         ValueError: for ``num_probes < 1``, an unknown method, or a ``func`` that does not
             depend on ``params`` (double backward).
 
-    Example:
+    Examples:
         >>> import torch
         >>> f = lambda p: (torch.tensor([1.0, 2.0, 3.0]) * p[0] ** 2).sum()
         >>> gen = torch.Generator().manual_seed(0)
@@ -304,7 +304,7 @@ class QuadraticLossMonitor:
         TypeError: on arguments of the wrong type.
         ValueError: on invalid values.
 
-    Example:
+    Examples:
         >>> import torch
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
@@ -566,7 +566,7 @@ class QuadraticLossMonitor:
     def state_dict(self) -> dict[str, Any]:
         """Return the monitor's state (fresh tensors and plain Python values).
 
-        Example:
+        Examples:
             >>> import torch
             >>> model = torch.nn.Linear(2, 1)
             >>> m = QuadraticLossMonitor(model, lambda i: model(torch.ones(len(i), 2))[:, 0] ** 2)
@@ -601,7 +601,7 @@ class QuadraticLossMonitor:
         Raises:
             ValueError: on missing keys or tensors that do not match the tracked parameters.
 
-        Example:
+        Examples:
             >>> import torch
             >>> model = torch.nn.Linear(2, 1)
             >>> f = lambda i: model(torch.ones(len(i), 2))[:, 0] ** 2

@@ -76,7 +76,7 @@ class WeightedIndex(int):
     workers), and :class:`WithWeights` reads the weight back next to the sample. Arithmetic on
     them returns plain ints.
 
-    Example:
+    Examples:
         >>> import pickle
         >>> i = WeightedIndex(7, 0.5)
         >>> i == 7, i.weight, pickle.loads(pickle.dumps(i)).weight
@@ -113,7 +113,7 @@ class WithWeights(Dataset[tuple[Any, ...]]):
         dataset: a map-style dataset.
         return_index: also return the example index (as a 0-d int64 tensor).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> ds = WithWeights(TensorDataset(torch.arange(4.0), torch.tensor([0, 1, 0, 1])))
@@ -421,7 +421,7 @@ class RandomBatchSampler(_BudgetedBatchSampler):
         seed: seed of the random streams (0 when neither ``seed`` nor ``generator`` is given).
         generator: a :class:`torch.Generator` to draw the seed from, instead of ``seed``.
 
-    Example:
+    Examples:
         >>> sampler = RandomBatchSampler(1000, batch_size=32, budget=0.1, seed=0)
         >>> batches = list(sampler)
         >>> len(batches), len(sampler), {len(b) for b in batches}, batches[0][0].weight
@@ -613,7 +613,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
         ValueError: on invalid values, naming the argument and the value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> g = torch.Generator().manual_seed(0)
