@@ -47,6 +47,7 @@ from .sampler import (
     _check_state,
     _largest_remainder,
     _read_callback,
+    _selection_only_telemetry,
 )
 
 __all__ = ["CraigBatchSampler"]
@@ -296,19 +297,7 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         of the largest, ``interval`` is ``None`` and ``anchor_seconds`` 0; the check and
         dropping fields of the snapshot are 0 (CRAIG has neither).
         """
-        c = self._counters
-        return SamplerTelemetry(
-            selections=list(self._selections),
-            checks=[],
-            num_steps=self._step,
-            num_selections=int(c["num_selections"]),
-            num_checks=0,
-            num_dropped=0,
-            callback_seconds=c["callback_seconds"],
-            kernel_seconds=c["kernel_seconds"],
-            anchor_seconds=0.0,
-            check_seconds=0.0,
-        )
+        return _selection_only_telemetry(self._selections, self._counters, self._step)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the batch stream exactly (plain Python values)."""

@@ -15,7 +15,6 @@ has no cluster-size weights: the picks are a diverse, unweighted mini-batch.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence, Sized
@@ -41,8 +40,10 @@ from .sampler import (
     _first_appearance,
     _largest_remainder,
     _read_callback,
+    _resolve_pool_size,
     _rng_from_state,
     _rng_state,
+    _selection_only_telemetry,
 )
 
 __all__ = ["KCenterBatchSampler"]
@@ -142,18 +143,14 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         if not callable(callback):
             raise TypeError(f"callback should be callable, but got {type(callback).__name__}")
         self.callback = callback
-        if pool_size is None:
-            pool_size = min(max(math.ceil(0.01 * n), self.batch_size), n)
-        self.pool_size = check_positive_int("pool_size", pool_size)
-        if self.batch_size > self.pool_size:
-            raise ValueError(
-                f"batch_size={self.batch_size} is larger than pool_size={self.pool_size}: "
-                "every pool must hold at least one batch"
-            )
-        if self.pool_size > n:
-            raise ValueError(
-                f"pool_size={self.pool_size} is larger than the dataset (num_samples={n})"
-            )
+        self.pool_size = _resolve_pool_size(
+            pool_size,
+            self.batch_size,
+            n,
+            n,
+            unit="batch",
+            over=f"is larger than the dataset (num_samples={n})",
+        )
         self.num_pools = check_positive_int("num_pools", num_pools)
         self.reselect_every = check_positive_int("reselect_every", reselect_every)
         self._labels = _check_labels(labels, n)
@@ -191,19 +188,7 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         In each :class:`~coreset_sampler.sampler.SelectionRecord`, ``interval`` is ``None`` and
         ``anchor_seconds`` 0; the check and dropping fields of the snapshot are 0.
         """
-        c = self._counters
-        return SamplerTelemetry(
-            selections=list(self._selections),
-            checks=[],
-            num_steps=self._step,
-            num_selections=int(c["num_selections"]),
-            num_checks=0,
-            num_dropped=0,
-            callback_seconds=c["callback_seconds"],
-            kernel_seconds=c["kernel_seconds"],
-            anchor_seconds=0.0,
-            check_seconds=0.0,
-        )
+        return _selection_only_telemetry(self._selections, self._counters, self._step)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the batch stream exactly (plain Python values)."""

@@ -722,20 +722,18 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 f"(max_drop_fraction={max_drop_fraction!r}) leaves {min_active}; lower "
                 "max_drop_fraction or pass drop_learned=False"
             )
-        if pool_size is None:
-            pool_size = min(max(math.ceil(0.01 * n), self.batch_size), min_active)
-        self.pool_size = check_positive_int("pool_size", pool_size)
-        if self.batch_size > self.pool_size:
-            raise ValueError(
-                f"batch_size={self.batch_size} is larger than pool_size={self.pool_size}: "
-                "every pool must hold at least one coreset"
-            )
-        if self.pool_size > min_active:
-            raise ValueError(
-                f"pool_size={self.pool_size} exceeds the smallest active set: "
-                f"num_samples={n} minus up to {self._max_dropped} dropped examples leaves "
-                f"{min_active}; lower pool_size or max_drop_fraction"
-            )
+        self.pool_size = _resolve_pool_size(
+            pool_size,
+            self.batch_size,
+            n,
+            min_active,
+            unit="coreset",
+            over=(
+                f"exceeds the smallest active set: num_samples={n} minus up to "
+                f"{self._max_dropped} dropped examples leaves {min_active}; lower pool_size "
+                "or max_drop_fraction"
+            ),
+        )
         self._labels = _check_labels(labels, n)
         self.history_size = check_positive_int("history_size", history_size)
         self.telemetry_size = check_positive_int("telemetry_size", telemetry_size)
@@ -1229,6 +1227,45 @@ def _num_samples(data_source: Any) -> int:
     if n <= 0:
         raise ValueError(f"data_source should hold at least one example, but got size {n}")
     return n
+
+
+def _selection_only_telemetry(
+    selections: Sequence[SelectionRecord], counters: Mapping[str, float], num_steps: int
+) -> SamplerTelemetry:
+    """Telemetry of a sampler without monitor checks or dropping (CRAIG, k-center)."""
+    return SamplerTelemetry(
+        selections=list(selections),
+        checks=[],
+        num_steps=num_steps,
+        num_selections=int(counters["num_selections"]),
+        num_checks=0,
+        num_dropped=0,
+        callback_seconds=counters["callback_seconds"],
+        kernel_seconds=counters["kernel_seconds"],
+        anchor_seconds=0.0,
+        check_seconds=0.0,
+    )
+
+
+def _resolve_pool_size(
+    pool_size: int | None, batch_size: int, num_samples: int, limit: int, *, unit: str, over: str
+) -> int:
+    """``pool_size`` (default ``max(ceil(0.01·N), batch_size)``, capped at ``limit``), checked.
+
+    ``unit`` names what a pool must hold; ``over`` completes the message for a pool larger than
+    ``limit``.
+    """
+    if pool_size is None:
+        pool_size = min(max(math.ceil(0.01 * num_samples), batch_size), limit)
+    pool_size = check_positive_int("pool_size", pool_size)
+    if batch_size > pool_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than pool_size={pool_size}: "
+            f"every pool must hold at least one {unit}"
+        )
+    if pool_size > limit:
+        raise ValueError(f"pool_size={pool_size} {over}")
+    return pool_size
 
 
 def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
