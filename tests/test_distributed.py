@@ -88,6 +88,22 @@ def test_replica_arguments_are_checked() -> None:
         RandomBatchSampler(N, 8, budget=0.01, drop_last=True, num_replicas=4, rank=0)
 
 
+def test_a_rank_resumes_mid_epoch_with_the_identical_tail() -> None:
+    def make() -> CrestBatchSampler:
+        return CrestBatchSampler(
+            N, 8, callback=proxies, budget=0.8, reselect_every=3, num_replicas=2, rank=1, seed=4
+        )
+
+    full = [[(int(i), i.weight) for i in b] for b in make()]
+    first = make()
+    it = iter(first)
+    head = [[(int(i), i.weight) for i in next(it)] for _ in range(5)]
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    tail = [[(int(i), i.weight) for i in b] for b in resumed]
+    assert head + tail == full and len(full) == 12
+
+
 def test_state_from_another_world_size_is_refused() -> None:
     s = CrestBatchSampler(N, 8, callback=proxies, num_replicas=2, rank=0)
     next(iter(s))
