@@ -505,7 +505,8 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     assert p.dense is not None
     dense = p.dense
     batch, n = p.mask.shape
-    cur_w = torch.where(p.mask, p.base[:, None], math.inf).to(dense.dtype)
+    # padding rows hold s = 0 and cur = 0, so they add 0 to the max-form gains below
+    cur_w = torch.where(p.mask, p.base[:, None], 0.0).to(dense.dtype)
     taken = ~p.mask  # padding or selected
     # columns s(·, j) as contiguous rows: the matrix itself when symmetric
     by_col = dense if p.kind != "precomputed" else dense.transpose(1, 2).contiguous()
@@ -516,8 +517,7 @@ def _naive(p: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     picks: list[Tensor] = []
     gains: list[Tensor] = []
     # Σ_i max(s(i, j), cur_i) is the gain of j plus Σ_i cur_i, a per-problem constant: one pass
-    # fewer than Σ_i relu(s(i, j) − cur_i); padding rows hold s = 0 and cur = 0, adding 0.
-    cur_w = torch.where(p.mask, cur_w, 0.0)
+    # fewer than Σ_i relu(s(i, j) − cur_i).
     for step in range(p.kmax):
         g = torch.maximum(dense, cur_w[:, :, None]).sum(1).masked_fill_(taken, -math.inf)
         best = g.amax(1, keepdim=True)
@@ -925,7 +925,7 @@ def _cluster_sizes(p: _Problem, indices: Tensor) -> Tensor:
     keyed = torch.where(picked, indices, p.n)
     sorted_idx, order = keyed.sort(dim=1)
     sorted_ok = sorted_idx < p.n
-    all_picked = bool(p.k.min() == kmax)
+    all_picked = p.kmin == kmax
     safe = sorted_idx if all_picked else torch.where(sorted_ok, sorted_idx, 0)
     arange = torch.arange(batch, device=p.device)
     assign = torch.empty(batch, p.n, dtype=torch.long, device=p.device)

@@ -142,7 +142,8 @@ def greedy_k_center(
         centre = x[arange, pick].unsqueeze(1)  # [B, 1, d]
         dist = _distances(x, centre).squeeze(-1)
         dmin = torch.where(active[:, None] & valid, torch.minimum(dmin, dist), dmin)
-        taken = taken | (torch.nn.functional.one_hot(pick, n).bool() & active[:, None])
+        at = pick[:, None]
+        taken.scatter_(1, at, taken.gather(1, at) | active[:, None])
         radius = dmin.masked_fill(~valid, -math.inf).amax(1)
         picks.append(torch.where(active, pick, -1))
         radii.append(torch.where(active, radius, math.nan))

@@ -753,7 +753,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         self._steps_since_check = 0
         self._steps_since_selection = 0
         self._monitor_state: Any = None
-        self._history: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
+        self._history: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
         self._selections: deque[SelectionRecord] = deque(maxlen=self.telemetry_size)
         self._checks: deque[CheckRecord] = deque(maxlen=self.telemetry_size)
         self._counters: dict[str, float] = dict.fromkeys(
@@ -830,7 +830,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         else:
             key = tuple(int(i) for i in indices)
         try:
-            return self._history[key].clone()
+            return torch.tensor(self._history[key], dtype=torch.float32)
         except KeyError:
             raise KeyError(
                 f"weights_for: no batch with these {len(key)} indices among the last "
@@ -1189,7 +1189,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
 
     def _remember(self, batch: list[int], weights: list[float]) -> None:
         key = tuple(int(i) for i in batch)
-        self._history[key] = torch.tensor(weights, dtype=torch.float32)
+        self._history[key] = weights  # a tensor is built only when weights_for asks
         self._history.move_to_end(key)
         while len(self._history) > self.history_size:
             self._history.popitem(last=False)
