@@ -296,6 +296,18 @@ def test_reselects_exactly_when_rho_exceeds_tau() -> None:
     assert mon.anchors[-1][0] == s.coresets
 
 
+def test_check_size_sets_the_check_sample() -> None:
+    mon = FakeMonitor(rhos=[1.0], intervals=[1])
+    s = make(400, 8, monitor=mon, budget=0.3, check_size=37)
+    stream(s, 3)
+    assert s.check_size == 37 and s.pool_size == 8  # max(ceil(0.01·400), 8)
+    assert [len(set(check)) for _, _, check in mon.anchors] == [37, 37, 37]
+    with pytest.raises(ValueError, match="check_size should be a positive integer"):
+        make(400, 8, monitor=mon, check_size=0)
+    with pytest.raises(ValueError, match="check_size=390 exceeds the smallest active set"):
+        make(400, 8, monitor=mon, check_size=390)
+
+
 def test_interval_and_num_pools_adapt() -> None:
     # T1 after the anchors: 1, 3, 2; every check reselects
     mon = FakeMonitor(rhos=[1.0], intervals=[1, 3, 2])
@@ -577,7 +589,14 @@ def test_telemetry_records_and_counters() -> None:
     assert r.num_pools == 10 and r.pool_size == s.pool_size and r.active_size == 400
     assert r.seconds >= r.callback_seconds + r.kernel_seconds
     assert t.callback_seconds > 0 and t.kernel_seconds > 0
+    assert t.selection_seconds >= t.callback_seconds + t.kernel_seconds + t.anchor_seconds
     assert t.checks[-1].rho == 0.5 and t.checks[-1].reselect
+    # the total covers every selection, also those the bounded records forgot
+    whole = make(400, 8, monitor=FakeMonitor(rhos=[0.5], intervals=[2]), budget=0.2)
+    stream(whole)
+    w = whole.telemetry
+    assert len(w.selections) == 5
+    assert w.selection_seconds == pytest.approx(sum(r.seconds for r in w.selections))
 
 
 def test_logs_selections(caplog: pytest.LogCaptureFixture) -> None:

@@ -257,7 +257,7 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         self._selected_epoch: int | None = None
         self._selections: deque[SelectionRecord] = deque(maxlen=self.telemetry_size)
         self._counters: dict[str, float] = dict.fromkeys(
-            ("num_selections", "callback_seconds", "kernel_seconds"), 0.0
+            ("num_selections", "callback_seconds", "kernel_seconds", "selection_seconds"), 0.0
         )
 
     # -- public API -----------------------------------------------------------------------
@@ -342,7 +342,10 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         self._weights = [float(w) for w in state["weights"]]
         selected = state["selected_epoch"]
         self._selected_epoch = None if selected is None else int(selected)
-        self._counters = {k: float(v) for k, v in state["counters"].items()}
+        self._counters = {
+            **dict.fromkeys(self._counters, 0.0),
+            **{k: float(v) for k, v in state["counters"].items()},
+        }
         self._resume = True
 
     # -- selection ------------------------------------------------------------------------
@@ -440,4 +443,5 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         c["num_selections"] += 1
         c["callback_seconds"] += callback_seconds
         c["kernel_seconds"] += kernel_seconds
+        c["selection_seconds"] += record.seconds
         logger.info("CRAIG selection %d (%s): %s", selection, reason, record)

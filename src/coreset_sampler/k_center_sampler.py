@@ -164,7 +164,7 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         self._steps_since_selection = 0
         self._selections: deque[SelectionRecord] = deque(maxlen=self.telemetry_size)
         self._counters: dict[str, float] = dict.fromkeys(
-            ("num_selections", "callback_seconds", "kernel_seconds"), 0.0
+            ("num_selections", "callback_seconds", "kernel_seconds", "selection_seconds"), 0.0
         )
 
     # -- public API -----------------------------------------------------------------------
@@ -230,7 +230,10 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         self._order = [int(i) for i in state["order"]]
         self._position = int(state["position"])
         self._steps_since_selection = int(state["steps_since_selection"])
-        self._counters = {k: float(v) for k, v in state["counters"].items()}
+        self._counters = {
+            **dict.fromkeys(self._counters, 0.0),
+            **{k: float(v) for k, v in state["counters"].items()},
+        }
         self._resume = True
 
     # -- the schedule ---------------------------------------------------------------------
@@ -312,4 +315,5 @@ class KCenterBatchSampler(_BudgetedBatchSampler):
         c["num_selections"] += 1
         c["callback_seconds"] += callback_seconds
         c["kernel_seconds"] += kernel_seconds
+        c["selection_seconds"] += record.seconds
         logger.info("k-center selection %d (%s): %s", selection, reason, record)

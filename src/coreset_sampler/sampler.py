@@ -271,6 +271,9 @@ class SamplerTelemetry:
         kernel_seconds: total time in the selection kernel.
         anchor_seconds: total time in ``monitor.anchor``.
         check_seconds: total time in ``monitor.check``.
+        selection_seconds: total time of the selections, everything included (drawing pools,
+            callback, kernel, anchor, bookkeeping): ``callback_seconds``, ``kernel_seconds``
+            and ``anchor_seconds`` are parts of it.
     """
 
     selections: list[SelectionRecord]
@@ -283,6 +286,7 @@ class SamplerTelemetry:
     kernel_seconds: float
     anchor_seconds: float
     check_seconds: float
+    selection_seconds: float
 
 
 # --------------------------------------------------------------------------- shared base
@@ -528,7 +532,8 @@ class CrestBatchSampler(_BudgetedBatchSampler):
     the next selection.
 
     **Reselection.** With a ``monitor``, right after each selection it is anchored on the
-    coresets, their weights and r uniform random active examples (the check sample); every
+    coresets, their weights and ``check_size`` uniform random active examples (the check
+    sample V_r; default r, as in the paper); every
     T1 = ``monitor.interval`` steps ``monitor.check()`` runs, and a report with ``reselect``
     (ρ > τ) triggers a selection with P = min(b·T1, steps per epoch), b = ``pool_multiplier``,
     T1 being the interval in use at that check. Without a monitor the sampler reselects every
@@ -592,6 +597,9 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         pool_size: r, examples per pool (default ``max(ceil(0.01·N), batch_size)``).
         num_pools: P of the first selection (and of every selection without a monitor).
         pool_multiplier: b in P = min(b·T1, steps per epoch).
+        check_size: examples in the monitor's check sample V_r (default ``pool_size``, as in
+            the paper). Each check evaluates them once: a smaller sample makes checks cheaper
+            and ρ noisier.
         reselect_every: steps between selections without a monitor (default 20).
         warmup_steps: uniform random batches before the first selection.
         similarity: facility-location similarity (``"neg_distance"``: C − ‖g_i − g_j‖, the
@@ -642,6 +650,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         pool_size: int | None = None,
         num_pools: int = 5,
         pool_multiplier: int = 5,
+        check_size: int | None = None,
         reselect_every: int | None = None,
         warmup_steps: int = 0,
         similarity: Similarity = "neg_distance",
@@ -734,6 +743,15 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 "or max_drop_fraction"
             ),
         )
+        if check_size is None:
+            check_size = self.pool_size
+        self.check_size = check_positive_int("check_size", check_size)
+        if self.check_size > min_active:
+            raise ValueError(
+                f"check_size={self.check_size} exceeds the smallest active set: "
+                f"num_samples={n} minus up to {self._max_dropped} dropped examples leaves "
+                f"{min_active}; lower check_size or max_drop_fraction"
+            )
         self._labels = _check_labels(labels, n)
         self.history_size = check_positive_int("history_size", history_size)
         self.telemetry_size = check_positive_int("telemetry_size", telemetry_size)
@@ -762,6 +780,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
                 "num_checks",
                 "callback_seconds",
                 "kernel_seconds",
+                "selection_seconds",
                 "anchor_seconds",
                 "check_seconds",
             ),
@@ -812,6 +831,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
             kernel_seconds=c["kernel_seconds"],
             anchor_seconds=c["anchor_seconds"],
             check_seconds=c["check_seconds"],
+            selection_seconds=c["selection_seconds"],
         )
 
     def weights_for(self, indices: Sequence[int] | Tensor) -> Tensor:
@@ -947,7 +967,10 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         self._interval = None if interval is None else int(interval)
         self._steps_since_check = int(state["steps_since_check"])
         self._steps_since_selection = int(state["steps_since_selection"])
-        self._counters = {k: float(v) for k, v in state["counters"].items()}
+        self._counters = {
+            **dict.fromkeys(self._counters, 0.0),
+            **{k: float(v) for k, v in state["counters"].items()},
+        }
         self._monitor_state = monitor_state
         self._resume = True
 
@@ -1051,7 +1074,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         anchor_seconds = 0.0
         if self.monitor is not None:
             check = self._rngs["checks"].choice(
-                self._active_indices(), size=self.pool_size, replace=False
+                self._active_indices(), size=self.check_size, replace=False
             )
             t0 = time.perf_counter()
             self.monitor.anchor(
@@ -1083,6 +1106,7 @@ class CrestBatchSampler(_BudgetedBatchSampler):
         c["num_selections"] += 1
         c["callback_seconds"] += callback_seconds
         c["kernel_seconds"] += kernel_seconds
+        c["selection_seconds"] += record.seconds
         c["anchor_seconds"] += anchor_seconds
         logger.info("selection %d (%s): %s", selection, reason, record)
 
@@ -1244,6 +1268,7 @@ def _selection_only_telemetry(
         kernel_seconds=counters["kernel_seconds"],
         anchor_seconds=0.0,
         check_seconds=0.0,
+        selection_seconds=counters["selection_seconds"],
     )
 
 
