@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -46,6 +47,18 @@ class Recipe:
     weight_decay: float = 5e-4
     warmup: float = 0.1  # fraction of the epochs with a linear warm-up
     milestones: tuple[float, ...] = (0.6, 0.85)  # fractions of the epochs, lr ×0.1 at each
+
+
+@dataclass
+class CrestConfig:
+    """CREST's knobs (defaults: the paper's, ``../docs/algorithm.md``)."""
+
+    threshold: float = 0.05  # τ: reselect when ρ > τ
+    interval_multiplier: float = 1.0  # h in T1 = ceil(h·‖H_0‖/‖H_ℓ‖)
+    warmup_epochs: float = 0.0  # uniform random batches first, in sampler epochs
+    pool_multiplier: int = 5  # b in P = min(b·T1, steps per epoch)
+    pool_size: int | None = None  # r (default max(ceil(0.01·N), batch size))
+    check_size: int | None = None  # |V_r| (default r)
 
 
 def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
@@ -102,8 +115,7 @@ def make_loader(
     batch_size: int,
     seed: int,
     num_workers: int,
-    threshold: float = 0.05,
-    interval_multiplier: float = 1.0,
+    crest: CrestConfig | None = None,
 ) -> tuple[DataLoader[Any], Any]:
     """The DataLoader of one method, and its batch sampler (``None`` for full data)."""
     common: dict[str, Any] = {"num_workers": num_workers}
@@ -119,6 +131,7 @@ def make_loader(
     if method == "random":
         sampler = RandomBatchSampler(train_set, batch_size, budget=budget, seed=seed)
     elif method == "crest":
+        crest = crest or CrestConfig()
         # the two objects of the README's ten-line loop: proxies for selection, and the
         # monitor that decides when to reselect (tracking only the classifier, for speed);
         # train_set.batch loads a whole batch at once (the dataset itself works, item by item)
@@ -126,8 +139,9 @@ def make_loader(
         classifier = model.get_submodule("fc")
         monitor = QuadraticLossMonitor(
             classifier.parameters(), proxies.per_sample_loss, module=model, seed=seed,
-            threshold=threshold, interval_multiplier=interval_multiplier,
+            threshold=crest.threshold, interval_multiplier=crest.interval_multiplier,
         )  # fmt: skip
+        steps_per_epoch = math.ceil(budget * len(train_set) / batch_size)
         sampler = CrestBatchSampler(
             train_set,
             batch_size,
@@ -136,6 +150,10 @@ def make_loader(
             labels=labels,
             budget=budget,
             seed=seed,
+            warmup_steps=round(crest.warmup_epochs * steps_per_epoch),
+            pool_multiplier=crest.pool_multiplier,
+            pool_size=crest.pool_size,
+            check_size=crest.check_size,
         )
     elif method == "craig":
         # CRAIG (Mirzasoleiman et al., ICML 2020): one weighted coreset of budget·N examples
@@ -154,12 +172,15 @@ def overheads(sampler: Any) -> dict[str, float | int]:
     t = getattr(sampler, "telemetry", None)
     if t is None:
         return {"selections": 0, "checks": 0, "dropped": 0, "proxies_s": 0.0, "kernel_s": 0.0,
-                "anchor_s": 0.0, "check_s": 0.0, "overhead_s": 0.0}  # fmt: skip
+                "anchor_s": 0.0, "check_s": 0.0, "other_s": 0.0,
+                "overhead_s": 0.0}  # fmt: skip
     parts = {
         "proxies_s": t.callback_seconds,
         "kernel_s": t.kernel_seconds,
         "anchor_s": t.anchor_seconds,
         "check_s": t.check_seconds,
+        # the rest of the selections: drawing pools, weights, bookkeeping
+        "other_s": t.selection_seconds - t.callback_seconds - t.kernel_seconds - t.anchor_seconds,
     }
     return {
         "selections": t.num_selections,
@@ -184,8 +205,7 @@ def train_one(
     num_workers: int = 0,
     augment: bool = False,
     max_steps: int | None = None,
-    threshold: float = 0.05,
-    interval_multiplier: float = 1.0,
+    crest: CrestConfig | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with one method; returns per-epoch history and final numbers.
 
@@ -196,8 +216,7 @@ def train_one(
     model.to(device).train()
     loader, sampler = make_loader(
         method, model, train_set, labels, budget=budget, batch_size=recipe.batch_size,
-        seed=seed, num_workers=num_workers, threshold=threshold,
-        interval_multiplier=interval_multiplier,
+        seed=seed, num_workers=num_workers, crest=crest,
     )  # fmt: skip
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -272,6 +291,8 @@ def add_common_args(
     threads: int = 0,
     tau: float | None = 0.05,
     h: float | None = 1.0,
+    warmup_epochs: float = 0.0,
+    pool_multiplier: int = 5,
 ) -> None:
     """Options every example takes."""
     parser.add_argument(
@@ -288,12 +309,41 @@ def add_common_args(
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tau", type=float, default=tau, help="CREST: reselect when rho > tau")
     parser.add_argument("--h", type=float, default=h, help="CREST: check-interval multiplier")
+    parser.add_argument(
+        "--warmup-epochs", type=float, default=warmup_epochs, help="CREST: uniform random "
+        "batches before the first selection, in (budget-sized) epochs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-multiplier", type=int, default=pool_multiplier,
+        help="CREST: b in P = min(b*T1, steps per epoch) pools per selection",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="CREST: examples per pool (default 1%% of N)"
+    )
+    parser.add_argument(
+        "--check-size", type=int, default=None,
+        help="CREST: examples in the monitor's check sample (default: the pool size)",
+    )  # fmt: skip
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument(
         "--max-steps", type=int, default=None, help="stop every epoch after this many steps "
         "(smoke tests)",
     )  # fmt: skip
+
+
+def crest_config(args: argparse.Namespace, **overrides: Any) -> CrestConfig:
+    """The :class:`CrestConfig` of the parsed options (``overrides`` win)."""
+    values: dict[str, Any] = {
+        "threshold": args.tau,
+        "interval_multiplier": args.h,
+        "warmup_epochs": args.warmup_epochs,
+        "pool_multiplier": args.pool_multiplier,
+        "pool_size": args.pool_size,
+        "check_size": args.check_size,
+    }
+    values.update(overrides)
+    return CrestConfig(**values)
 
 
 def set_threads(threads: int) -> None:
@@ -334,7 +384,7 @@ def finish(
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     """One row per method: accuracy, relative error, wall time, speedup, overheads."""
     cols = ("method", "test acc", "rel err", "train s", "speedup", "steps", "selections",
-            "proxies s", "kernel s", "anchor s", "check s")  # fmt: skip
+            "proxies s", "kernel s", "anchor s", "check s", "other s")  # fmt: skip
     rows = []
     for name, r in results.items():
         rows.append((
@@ -345,7 +395,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
             str(r["steps"]),
             str(r["selections"]),
-            *(f"{r[k]:.2f}" for k in ("proxies_s", "kernel_s", "anchor_s", "check_s")),
+            *(f"{r[k]:.2f}" for k in ("proxies_s", "kernel_s", "anchor_s", "check_s", "other_s")),
         ))  # fmt: skip
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
@@ -354,14 +404,16 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
     print(
         "rel err = |acc - acc_full| / acc_full; speedup = full train s / method train s (all "
-        "sampler overhead included, test evaluation excluded); proxies/kernel/anchor/check s: "
-        "the sampler's telemetry (gradient proxies, facility location, quadratic model, checks)"
+        "sampler overhead included, test evaluation excluded); proxies/kernel/anchor/check/"
+        "other s: the sampler's telemetry (gradient proxies, facility location, quadratic "
+        "model, checks, rest of the selections)"
     )
     for name, r in results.items():
         print(
             f"final [{name}] test acc {100 * r['test_acc']:.2f}%  train {r['seconds']:.1f} s  "
             f"overhead {r['overhead_s']:.1f} s (proxies {r['proxies_s']:.1f}, kernel "
-            f"{r['kernel_s']:.1f}, anchor {r['anchor_s']:.1f}, check {r['check_s']:.1f})"
+            f"{r['kernel_s']:.1f}, anchor {r['anchor_s']:.1f}, check {r['check_s']:.1f}, other "
+            f"{r['other_s']:.1f})"
         )
 
 

@@ -31,6 +31,7 @@ from _train import (
     METHODS,
     Recipe,
     add_common_args,
+    crest_config,
     finish,
     seed_everything,
     set_threads,
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = train_one(
         args.method, model, train_set, test_set, labels, recipe,
         budget=args.budget, seed=args.seed, device=device, num_workers=args.num_workers,
-        augment=True, max_steps=args.max_steps, threshold=tau, interval_multiplier=h,
+        augment=True, max_steps=args.max_steps,
+        crest=crest_config(args, threshold=tau, interval_multiplier=h),
     )  # fmt: skip
     out = args.out
     if out is None:

@@ -274,6 +274,62 @@ def test_fashion_mnist_example_with_workers(
     """CREST with DataLoader workers: the sampler stays in the main process, weights travel."""
     argv = ["--data-dir", str(fashion_dir[0]), "--methods", "crest", "--epochs", "1",
             "--batch-size", "16", "--num-workers", "2", "--threads", "0", "--width", "4",
-            "--out", ""]  # fmt: skip
+            "--warmup-epochs", "0", "--out", ""]  # fmt: skip
     result = fashion_mnist.main(argv)["results"]["crest"]
     assert result["steps"] == 2 and result["selections"] >= 1 and result["rel_err"] is None
+    # by default the example's first epoch is the warm-up: random batches, no selection
+    argv[argv.index("--warmup-epochs") + 1] = "1"
+    warm = fashion_mnist.main(argv)["results"]["crest"]
+    assert warm["steps"] == 2 and warm["selections"] == 0
+
+
+# --------------------------------------------------------------------------- end-to-end benchmark
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import bench_end_to_end  # noqa: E402
+
+
+def _run_record(name: str, seed: int, acc: float, seconds: float, **extra: float) -> dict[str, Any]:
+    parts = dict.fromkeys((*bench_end_to_end.PARTS, "overhead_s"), 0.0) | extra
+    return {"name": name, "seed": seed, "test_acc": acc, "seconds": seconds, "steps": 10,
+            "selections": 2, "checks": 3, **parts}  # fmt: skip
+
+
+def test_bench_end_to_end_pairs_every_run_with_the_full_run_of_its_seed() -> None:
+    runs = [
+        _run_record("full", 0, 0.90, 100.0),
+        _run_record("full", 1, 0.80, 200.0),
+        _run_record("crest", 1, 0.60, 50.0, proxies_s=4.0),
+        _run_record("crest", 0, 0.81, 20.0, proxies_s=2.0),
+    ]
+    summary = bench_end_to_end.summarize(runs, ["full", "crest"])
+    crest = summary["crest"]
+    assert crest["seeds"] == [0, 1]
+    # seed 0: |0.81 - 0.90| / 0.90 = 0.1, 100/20 = 5; seed 1: |0.60 - 0.80| / 0.80 = 0.25, 4
+    assert crest["rel_err"][0] == pytest.approx(0.175)
+    assert crest["rel_err"][1] == pytest.approx(np.std([0.1, 0.25], ddof=1))
+    assert crest["speedup"][0] == pytest.approx(4.5)
+    assert crest["test_acc"][0] == pytest.approx(0.705) and crest["proxies_s"] == 3.0
+    assert summary["full"]["rel_err"] == (0.0, 0.0) and summary["full"]["speedup"] == (1.0, 0.0)
+    table = bench_end_to_end.markdown(summary)
+    assert "| crest | 70.50 ± 14.85 | 17.50 ± 10.61 | 35.0 ± 21.2 | 4.50 ± 0.71× |" in table
+
+
+def test_bench_end_to_end_runs(fashion_dir: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    argv = ["--data-dir", str(fashion_dir[0]), "--methods", "full,random,crest",
+            "--seeds", "0", "1", "--epochs", "2", "--max-steps", "2",
+            "--out", str(tmp_path / "e2e")]  # fmt: skip
+    report = bench_end_to_end.main(argv)
+    summary = report["summary"]
+    assert list(summary) == ["full", "random", "crest"]
+    assert all(row["seeds"] == [0, 1] for row in summary.values())
+    assert summary["crest"]["selections"] >= 1
+    lines = (tmp_path / "e2e" / "runs.jsonl").read_text().splitlines()
+    assert sorted((json.loads(x)["name"], json.loads(x)["seed"]) for x in lines) == sorted(
+        (n, s) for n in ("full", "random", "crest") for s in (0, 1)
+    )
+    # --resume reuses every finished run: nothing is trained again
+    again = bench_end_to_end.main([*argv, "--resume"])
+    assert again["summary"]["crest"]["test_acc"] == summary["crest"]["test_acc"]
+    assert len((tmp_path / "e2e" / "runs.jsonl").read_text().splitlines()) == 6
