@@ -225,6 +225,36 @@ def test_builder_logits_and_last_layer_match_closed_forms() -> None:
     assert not model.fc._forward_hooks  # the hook was removed
 
 
+class _BatchedDataset(TensorDataset):
+    """A dataset with ``__getitems__``; counts how it is read."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        super().__init__(x, y)
+        self.batches: list[list[int]] = []
+        self.items = 0
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        self.items += 1
+        return super().__getitem__(i)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, ...]]:
+        self.batches.append(list(indices))
+        return [(self.tensors[0][i], self.tensors[1][i]) for i in indices]
+
+
+def test_builder_reads_a_batch_at_once_through_getitems() -> None:
+    torch.manual_seed(0)
+    model = _Net().to(DT).eval()
+    x, y = _data()
+    ds = _BatchedDataset(x, y)
+    cb = GradientProxyCallback(model, ds, batch_size=4)
+    got = cb([5, 1, 9, 2, 7, 0])
+    assert ds.batches == [[5, 1, 9, 2], [7, 0]] and ds.items == 0
+    torch.testing.assert_close(
+        got, GradientProxyCallback(model, TensorDataset(x, y))([5, 1, 9, 2, 7, 0])
+    )
+
+
 def test_builder_restores_train_mode_per_submodule_and_rng_state() -> None:
     torch.manual_seed(0)
     model = _Net(dropout=0.5).to(DT)

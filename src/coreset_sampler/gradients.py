@@ -327,7 +327,8 @@ class GradientProxyCallback:
         label_smoothing: label smoothing of the cross-entropy.
         batch_size: examples per inference forward pass.
         bias: include the bias column in ``"last_layer"`` proxies.
-        collate_fn: how dataset items are batched (default ``default_collate``).
+        collate_fn: how dataset items are batched (default ``default_collate``). A dataset
+            with ``__getitems__`` gets one call per batch, as in a ``DataLoader``.
 
     Raises:
         TypeError: on arguments of the wrong type.
@@ -469,7 +470,13 @@ class GradientProxyCallback:
     def _dataset_loader(
         data: Any, collate: Callable[[list[Any]], Any]
     ) -> Callable[[list[int]], Any]:
+        # as the DataLoader's fetcher does: one __getitems__ call per batch when the dataset
+        # has it (e.g. a Subset of such a dataset, or a HF datasets wrapper), else item by item
+        getitems = getattr(data, "__getitems__", None)
+
         def load(indices: list[int]) -> Any:
+            if getitems:
+                return collate(getitems(indices))
             return collate([data[i] for i in indices])
 
         return load
