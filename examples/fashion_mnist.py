@@ -19,7 +19,7 @@ matplotlib is installed, a plot next to it.
 Data: ``apt-get install dataset-fashion-mnist`` (Debian/Ubuntu) puts the IDX files in
 ``/usr/share/datasets/fashion-mnist``; ``--data-dir`` points elsewhere.
 
-    python examples/fashion_mnist.py                      # about 10 minutes on 2 CPU cores
+    python examples/fashion_mnist.py                      # about 5 minutes on 2 CPU cores
     python examples/fashion_mnist.py --methods crest --epochs 5
 """
 
