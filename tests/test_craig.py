@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from coreset_sampler import _lazy
 from coreset_sampler.craig import CraigBatchSampler, _batch_positions, _coreset_size
 from coreset_sampler.facility_location import greedy_facility_location
 from coreset_sampler.gradients import cross_entropy_logit_grad, last_layer_grad
@@ -345,8 +346,8 @@ def test_errors_in_init() -> None:
         CraigBatchSampler(100, 5, callback=p, callback_batch_size=0)
     with pytest.raises(ValueError, match="similarity should be one of"):
         CraigBatchSampler(100, 5, callback=p, similarity="l2")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"method should be one of .* method='lazy'"):
-        CraigBatchSampler(100, 5, callback=p, method="lazy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"method should be one of .* method='greedy'"):
+        CraigBatchSampler(100, 5, callback=p, method="greedy")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="epsilon=True"):
         CraigBatchSampler(100, 5, callback=p, epsilon=True)
     with pytest.raises(ValueError, match=r"epsilon=1\.5"):
@@ -389,3 +390,19 @@ def test_batches_are_weighted_indices() -> None:
     s = CraigBatchSampler(100, 5, callback=Proxies(100), budget=0.2)
     batch = next(iter(s))
     assert all(isinstance(i, WeightedIndex) for i in batch)
+
+
+@pytest.mark.skipif(not _lazy.available(), reason="needs numba")
+def test_lazy_method_selects_what_naive_selects() -> None:
+    g = torch.Generator().manual_seed(0)
+    prox = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    labels = torch.arange(300) % 3
+
+    def run(method: str) -> list[list[tuple[int, float]]]:
+        s = CraigBatchSampler(
+            300, 10, callback=lambda i: prox[i], labels=labels, budget=0.2,
+            method=method, seed=0,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return [[(int(i), i.weight) for i in batch] for batch in s]
+
+    assert run("lazy") == run("naive")

@@ -11,9 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coreset_sampler import FacilityLocationResult, greedy_facility_location
+from coreset_sampler import FacilityLocationResult, _lazy, greedy_facility_location
 
-EXACT_METHODS = ["naive", "incremental"]
+HAS_NUMBA = _lazy.available()
+LAZY = pytest.param("lazy", marks=pytest.mark.skipif(not HAS_NUMBA, reason="needs numba"))
+TORCH_METHODS = ["naive", "incremental"]
+EXACT_METHODS = [*TORCH_METHODS, LAZY]
 SIMILARITIES = ["neg_distance", "exp", "cosine", "dot"]
 
 
@@ -151,7 +154,7 @@ def test_clustered_data_uses_pruning_and_stays_exact() -> None:
     assert out.objective.item() == pytest.approx(obj, rel=1e-12)
 
 
-@pytest.mark.parametrize("method", EXACT_METHODS)
+@pytest.mark.parametrize("method", TORCH_METHODS)
 def test_precomputed_asymmetric_similarity(method: str) -> None:
     sim = torch.rand(4, 30, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sim[1] -= 0.5  # some negative similarities: they count as 0
@@ -243,7 +246,7 @@ def test_weights_ties_go_to_lowest_index() -> None:
 def test_exact_tie_broken_to_lowest_index_in_every_method() -> None:
     # two identical, isolated pairs: after the first pick the others tie exactly
     x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [50.0, 0.0], [50.0, 1.0]], dtype=torch.float64)
-    for method in EXACT_METHODS:
+    for method in [*TORCH_METHODS, *(["lazy"] if HAS_NUMBA else [])]:
         out = greedy_facility_location(x, 2, method=method)  # type: ignore[arg-type]
         assert out.indices.tolist() == [0, 2], method
 
@@ -350,7 +353,11 @@ def test_properties(
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 60), method=st.sampled_from(EXACT_METHODS))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(2, 60),
+    method=st.sampled_from([*TORCH_METHODS, *(["lazy"] if HAS_NUMBA else [])]),
+)
 def test_permuting_points_permutes_the_selection(seed: int, n: int, method: str) -> None:
     x = rng_features(seed, n, 3)
     perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(n))
@@ -410,7 +417,7 @@ def test_objective_matches_submodlib() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", EXACT_METHODS)
+@pytest.mark.parametrize("method", TORCH_METHODS)
 def test_cuda_equals_cpu(method: str) -> None:
     x = rng_features(9, 5, 200, 10)
     mask = torch.rand(5, 200, generator=torch.Generator().manual_seed(0)) > 0.2
@@ -448,7 +455,7 @@ def test_torch_compile_smoke() -> None:
         ({"k": torch.tensor([1, 2, 3])}, ValueError, r"k must be an int or a tensor of the"),
         ({"k": torch.tensor([3, 0])}, ValueError, r"k=0 for problem 1"),
         ({"similarity": "euclid"}, ValueError, r"similarity must be one of .* similarity='euclid'"),
-        ({"method": "lazy"}, ValueError, r"method must be one of .* method='lazy'"),
+        ({"method": "greedy"}, ValueError, r"method must be one of .* method='greedy'"),
         ({"epsilon": 1.5}, ValueError, r"epsilon must be in \(0, 1\), but got epsilon=1.5"),
         ({"epsilon": True}, TypeError, r"epsilon must be a float"),
         ({"chunk_size": 0}, ValueError, r"chunk_size should be a positive integer value"),
@@ -497,3 +504,76 @@ def test_bad_mask_and_similarity_tensor() -> None:
     sim[0, 2] = float("nan")
     with pytest.raises(ValueError, match=r"similarity of problem 0 contain non-finite"):
         greedy_facility_location(None, 1, similarity=sim)
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled lazy greedy
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_uncompiled_equals_reference(similarity: str) -> None:
+    """The kernel's source (what numba compiles) is the textbook greedy, also without numba."""
+    x = rng_features(7, 3, 25, 4)
+    mask = np.ones((3, 25), dtype=bool)
+    mask[1, 20:] = False
+    k = np.array([6, 4, 25])
+    indices = np.full((3, 25), -1, dtype=np.int64)
+    gains = np.zeros((3, 25))
+    weights = np.zeros((3, 25))
+    cover = np.zeros((3, 25))
+    feats = x.numpy().copy()
+    if similarity == "cosine":
+        feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    # called as Python (its helpers are compiled once numba has been used in this process)
+    code = _lazy._KINDS[similarity]
+    _lazy._solve_all(feats, mask, k, code, 2.0**-52, indices, gains, weights, cover)
+    for b in range(3):
+        keep = np.flatnonzero(mask[b])
+        sim = similarity_matrix(x[b].numpy()[keep], similarity)
+        selected, ref_gains, obj = naive_greedy(sim, int(k[b]))
+        assert indices[b, : k[b]].tolist() == keep[selected].tolist()
+        assert (indices[b, k[b] :] == -1).all()
+        np.testing.assert_allclose(gains[b, : k[b]], ref_gains, rtol=1e-12, atol=1e-12)
+        assert cover[b].sum() == pytest.approx(obj, rel=1e-12)
+        assert weights[b, : k[b]].tolist() == cluster_sizes(sim, selected)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_uses_the_lazy_kernel_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, ...]] = []
+    solve = _lazy.solve
+
+    def spy(feats: np.ndarray, *args: object) -> object:
+        calls.append(feats.shape)
+        return solve(feats, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_lazy, "solve", spy)
+    x = rng_features(3, 50, 50, 10).float()
+    auto = greedy_facility_location(x, 13)
+    assert calls == [(50, 50, 10)]
+    naive = greedy_facility_location(x, 13, method="naive")
+    assert torch.equal(auto.indices, naive.indices) and torch.equal(auto.weights, naive.weights)
+    torch.testing.assert_close(auto.objective, naive.objective)
+    assert auto.gains.dtype == torch.float32 and auto.indices.dtype == torch.long
+    # a precomputed similarity or a chunk size keeps auto on the PyTorch paths
+    greedy_facility_location(x, 13, chunk_size=16)
+    greedy_facility_location(None, 3, similarity=torch.rand(2, 9, 9))
+    assert len(calls) == 1
+
+
+def test_lazy_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = torch.rand(2, 9, 9)
+    if HAS_NUMBA:
+        with pytest.raises(ValueError, match="method='lazy' works from features"):
+            greedy_facility_location(None, 3, similarity=sim, method="lazy")
+    # without numba: a clear ImportError for "lazy", and "auto" falls back to PyTorch
+    monkeypatch.setattr(_lazy, "_kernel", None)
+    monkeypatch.setattr(_lazy, "_import_error", ImportError("No module named 'numba'"))
+    assert not _lazy.available()
+    x = rng_features(1, 4, 30, 5)
+    with pytest.raises(ImportError, match=r"method='lazy' needs numba \(pip install numba"):
+        greedy_facility_location(x, 3, method="lazy")
+    out = greedy_facility_location(x, 3)
+    ref = greedy_facility_location(x, 3, method="naive")
+    assert torch.equal(out.indices, ref.indices)

@@ -160,8 +160,9 @@ class CraigBatchSampler(_BudgetedBatchSampler):
         callback_batch_size: indices per callback call.
         similarity: ``"neg_distance"`` (C − ‖g_i − g_j‖, CRAIG's), ``"exp"``, ``"cosine"`` or
             ``"dot"``.
-        method: the kernel's method: ``"auto"`` (exact), ``"incremental"``, ``"stochastic"`` or
-            ``"naive"`` (dense n×n: small classes only).
+        method: the kernel's method: ``"auto"`` (exact), ``"incremental"``, ``"stochastic"``,
+            ``"naive"`` (dense n×n: small classes only) or ``"lazy"`` (compiled, needs numba;
+            one dense n×n float64 matrix per class).
         epsilon: accuracy of ``method="stochastic"``, in (0, 1).
         chunk_size: rows per block of recomputed similarities (default ``max(16, 2^22 // n)``).
         drop_last: round ``budget · N / batch_size`` down instead of up.
@@ -385,7 +386,7 @@ class CraigBatchSampler(_BudgetedBatchSampler):
     def _chunk(self, n: int) -> int | None:
         # "auto" solves small problems with the dense naive greedy, which needs no chunk (and
         # the kernel does not build its matrix when given one); "naive" is dense by definition
-        if self.method == "naive" or (self.method == "auto" and n <= _NAIVE_MAX_N):
+        if self.method in ("naive", "lazy") or (self.method == "auto" and n <= _NAIVE_MAX_N):
             return None
         return self.chunk_size or _auto_chunk(n)
 
