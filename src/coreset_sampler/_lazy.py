@@ -1,10 +1,11 @@
 """Compiled CPU greedy for ``greedy_facility_location(method="lazy")`` (optional: numba).
 
 One call solves every problem of a batch in compiled code: distances (or dot products) in
-float64, the greedy with lazy evaluation, and the cluster sizes, so a batch of small problems
-costs one Python call instead of a dozen PyTorch operations per greedy step.
+float64, the greedy, and the cluster sizes, so a batch of small problems costs one Python call
+instead of a dozen PyTorch operations per greedy step.
 
-**Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its last
+**Same picks as the naive greedy.** Up to ``_DENSE_MAX`` points every gain is recomputed at
+every step. Above, lazy evaluation keeps an upper bound per candidate (its last
 exact gain; gains only shrink, F being submodular). At each step the candidate with the largest
 bound is evaluated exactly, from scratch (a float64 sum over the points), until no unevaluated
 bound reaches ``best − tol``; among the candidates evaluated in this step, the lowest index
@@ -80,7 +81,7 @@ def _compiled() -> Any:
         raise ImportError(_MISSING) from _import_error
     try:
         import numba
-    except ImportError as exc:
+    except Exception as exc:  # not installed, or broken (e.g. built for another NumPy)
         _import_error = exc
         raise ImportError(_MISSING) from exc
     # the helpers are looked up in this module's globals when _solve_all compiles: swap in
