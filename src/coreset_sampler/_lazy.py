@@ -88,7 +88,7 @@ def _compiled() -> Any:
     # their compiled versions first
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
     module = globals()
-    for name in ("_similarity", "_gain", "_greedy"):
+    for name in ("_similarity", "_gain", "_all_gains", "_greedy"):
         module[name] = jit(module[name])
     _kernel = jit(_solve_all)
     return _kernel
@@ -137,6 +137,7 @@ def _similarity(x: Array, rows: Array, kind: int) -> Array:
         for t in range(d):
             xt[t, a] = x[rows[a], t]
     sim = np.zeros((m, m), dtype=np.float64)
+    top = 0.0  # the largest distance
     for a in range(m):
         row = sim[a]
         for t in range(d):
@@ -152,11 +153,8 @@ def _similarity(x: Array, rows: Array, kind: int) -> Array:
         if kind != 2:
             for c in range(m):
                 row[c] = math.sqrt(row[c])
+                top = max(top, row[c])
     if kind == 0:  # C − distance, C the largest distance of the problem
-        top = 0.0
-        for a in range(m):
-            for c in range(m):
-                top = max(top, sim[a, c])
         for a in range(m):
             for c in range(m):
                 sim[a, c] = top - sim[a, c]
@@ -178,6 +176,20 @@ def _gain(sim: Array, cur: Array, j: int) -> float:
     return acc
 
 
+def _all_gains(sim: Array, cur: Array, bound: Array, fresh: Array, stamp: int) -> None:
+    """Every candidate's exact gain into ``bound``, point by point in loops over candidates that
+    vectorise; each gain is summed in the same order as :func:`_gain` sums it."""
+    m = cur.shape[0]
+    for j in range(m):
+        bound[j] = 0.0
+        fresh[j] = stamp
+    for i in range(m):
+        row = sim[i]
+        ci = cur[i]
+        for j in range(m):
+            bound[j] += max(row[j] - ci, 0.0)
+
+
 def _greedy(
     sim: Array,
     budget: int,
@@ -193,26 +205,15 @@ def _greedy(
     bound = np.empty(m, dtype=np.float64)
     fresh = np.zeros(m, dtype=np.int64)  # 1 + the step at which bound[j] was computed
     taken = np.zeros(m, dtype=np.bool_)
-    for j in range(m):
-        bound[j] = _gain(sim, cur, j)
-        fresh[j] = 1
+    _all_gains(sim, cur, bound, fresh, 1)
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
     for step in range(budget):
         stamp = step + 1  # bounds computed at this step are exact gains now
         best = -np.inf
-        if step > 0 and m <= _DENSE_MAX:
-            # small problems: recompute every gain, point by point, in loops over candidates
-            # that vectorise (each gain is summed in the same order as _gain sums it)
-            for j in range(m):
-                bound[j] = 0.0
-                fresh[j] = stamp
-            for i in range(m):
-                row = sim[i]
-                ci = cur[i]
-                for j in range(m):
-                    bound[j] += max(row[j] - ci, 0.0)
         if step == 0 or m <= _DENSE_MAX:
+            if step > 0:  # small problems: recompute every gain, no bookkeeping
+                _all_gains(sim, cur, bound, fresh, stamp)
             for j in range(m):
                 if not taken[j]:
                     best = max(best, bound[j])
