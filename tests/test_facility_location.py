@@ -511,23 +511,28 @@ def test_bad_mask_and_similarity_tensor() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_lazy_kernel_uncompiled_equals_reference(similarity: str) -> None:
-    """The kernel's source (what numba compiles) is the textbook greedy, also without numba."""
+def lazy_kernel_inputs(
+    similarity: str,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Three problems, one of them ragged, one with k = n; features as the kernel gets them."""
     x = rng_features(7, 3, 25, 4)
     mask = np.ones((3, 25), dtype=bool)
     mask[1, 20:] = False
     k = np.array([6, 4, 25])
-    indices = np.full((3, 25), -1, dtype=np.int64)
-    gains = np.zeros((3, 25))
-    weights = np.zeros((3, 25))
-    cover = np.zeros((3, 25))
-    feats = x.numpy().copy()
+    feats = x.numpy().astype(np.float64)
     if similarity == "cosine":
         feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
-    # called as Python (its helpers are compiled once numba has been used in this process)
-    code = _lazy._KINDS[similarity]
-    _lazy._solve_all(feats, mask, k, code, 2.0**-52, indices, gains, weights, cover)
+    return x, feats, mask, k
+
+
+def check_lazy_kernel_output(
+    similarity: str,
+    x: torch.Tensor,
+    mask: np.ndarray,
+    k: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    indices, gains, weights, cover = out
     for b in range(3):
         keep = np.flatnonzero(mask[b])
         sim = similarity_matrix(x[b].numpy()[keep], similarity)
@@ -537,6 +542,66 @@ def test_lazy_kernel_uncompiled_equals_reference(similarity: str) -> None:
         np.testing.assert_allclose(gains[b, : k[b]], ref_gains, rtol=1e-12, atol=1e-12)
         assert cover[b].sum() == pytest.approx(obj, rel=1e-12)
         assert weights[b, : k[b]].tolist() == cluster_sizes(sim, selected)
+
+
+@pytest.mark.parametrize("matrix_max", [25, 0], ids=["matrix", "rows"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_uncompiled_equals_reference(similarity: str, matrix_max: int) -> None:
+    """The kernel's source (what numba compiles) is the textbook greedy, also without numba,
+    with a stored similarity matrix and with rows recomputed from the features."""
+    x, feats, mask, k = lazy_kernel_inputs(similarity)
+    indices = np.full((3, 25), -1, dtype=np.int64)
+    gains, weights, cover = np.zeros((3, 25)), np.zeros((3, 25)), np.zeros((3, 25))
+    # called as Python (its helpers are compiled once numba has been used in this process)
+    code = _lazy._KINDS[similarity]
+    args = (indices, gains, weights, cover)
+    assert _lazy._solve_all(feats, mask, k, code, 2.0**-52, matrix_max, *args) == -1
+    check_lazy_kernel_output(similarity, x, mask, k, args)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_without_a_matrix_equals_reference(similarity: str) -> None:
+    """Compiled, rows recomputed from the features (what problems above _MATRIX_MAX get)."""
+    x, feats, mask, k = lazy_kernel_inputs(similarity)
+    *out, bad = _lazy.solve(feats, mask, k, 25, similarity, 2.0**-52, matrix_max=0)
+    assert bad == -1
+    check_lazy_kernel_output(similarity, x, mask, k, tuple(out))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
+def test_lazy_kernel_on_ties_and_duplicates(matrix_max: int) -> None:
+    """Duplicated points give exactly equal gains: the lowest index wins, in both modes."""
+    base = rng_features(11, 1, 30, 3)[0].numpy().astype(np.float64)
+    feats = np.concatenate([base, base[::-1], base[:5]])[None]  # every point at least twice
+    mask = np.ones(feats.shape[:2], dtype=bool)
+    k = np.array([12])
+    indices, gains, weights, _, bad = _lazy.solve(
+        feats, mask, k, 12, "neg_distance", 2.0**-52, matrix_max=matrix_max
+    )
+    assert bad == -1
+    sim = similarity_matrix(feats[0], "neg_distance")
+    selected, ref_gains, _ = naive_greedy(sim, 12)
+    assert indices[0].tolist() == selected
+    np.testing.assert_allclose(gains[0], ref_gains, rtol=1e-12)
+    assert weights[0].tolist() == cluster_sizes(sim, selected)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
+    feats = np.ones((2, 6, 3))
+    mask = np.ones((2, 6), dtype=bool)
+    feats[0, 4, 1] = np.nan  # padding: never read
+    mask[0, 4] = False
+    feats[1, 2, 0] = np.inf
+    feats[1, 5, 2] = np.nan
+    *_, bad = _lazy.solve(feats, mask, np.array([2, 2]), 2, "neg_distance", 2.0**-52)
+    assert bad == 1 * 6 + 2
+    with pytest.raises(ValueError, match=r"features of problem 1 contain non-finite .* row 2"):
+        greedy_facility_location(
+            torch.from_numpy(feats), 2, mask=torch.from_numpy(mask), method="lazy"
+        )
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")

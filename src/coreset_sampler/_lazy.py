@@ -1,16 +1,24 @@
 """Compiled CPU greedy for ``greedy_facility_location(method="lazy")`` (optional: numba).
 
-One call solves every problem of a batch in compiled code: distances (or dot products) in
-float64, the greedy, and the cluster sizes, so a batch of small problems costs one Python call
-instead of a dozen PyTorch operations per greedy step.
+One call solves every problem of a batch in compiled code: similarities in float64, the greedy,
+and the cluster sizes, so a batch of small problems costs one Python call instead of a dozen
+PyTorch operations per greedy step.
 
-**Same picks as the naive greedy.** Up to ``_DENSE_MAX`` points every gain is recomputed at
-every step. Above, lazy evaluation keeps an upper bound per candidate (its last
-exact gain; gains only shrink, F being submodular). At each step the candidate with the largest
-bound is evaluated exactly, from scratch (a float64 sum over the points), until no unevaluated
-bound reaches ``best − tol``; among the candidates evaluated in this step, the lowest index
-within ``tol`` of the best is picked. A candidate left out has a bound, hence a gain, below
-``best − tol``: the pick is the naive greedy's under the same tie rule.
+**Two ways to get a similarity.** Up to ``matrix_max`` points (``_MATRIX_MAX``, 4096: a 134 MB
+float64 matrix) the problem's ``[m, m]`` matrix is built once, each pair computed once and
+mirrored. Above, nothing quadratic is stored: a similarity row is recomputed from the features
+(``O(m·d)``) whenever a gain is evaluated, and the first gains' bounds and the largest distance
+come from one pass over the pairs. Memory is then ``O(m·d)``.
+
+**Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its
+last exact gain; gains only shrink, F being submodular). At each step the candidate with the
+largest bound is evaluated exactly (a float64 sum over the points), then, in index order, every
+other candidate whose bound still reaches ``best − tol``; among the candidates evaluated in this
+step, the lowest index within ``tol`` of the best is picked. A candidate left out has a bound,
+hence a gain, below ``best − tol``: the pick is the naive greedy's under the same tie rule. Every
+gain of a call is summed the same way (vectorised, with reassociation), so equal gains compare
+equal. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
+far, ties to the lowest index).
 
 numba is imported on first use; :func:`available` says whether it can be.
 """
@@ -26,9 +34,15 @@ import numpy.typing as npt
 Array = npt.NDArray[Any]
 
 _KINDS = {"neg_distance": 0, "exp": 1, "cosine": 2, "dot": 2}
-# up to this many points, every gain is recomputed at every step (vectorised, no bookkeeping);
-# above, lazy evaluation touches far fewer of them
-_DENSE_MAX = 160
+# up to this many points a problem's similarity matrix is stored (float64: 134 MB at 4096);
+# above, similarity rows are recomputed from the features
+_MATRIX_MAX = 4096
+# helpers whose loops are reductions: reassociation lets them vectorise
+_REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
+_HELPERS = (
+    "_raw", "_raw4", "_sqrt_max", "_finish", "_similarity", "_first_bounds", "_gain", "_gain_at",
+    "_sim_row", "_greedy",
+)  # fmt: skip
 _kernel: Any = None
 _import_error: BaseException | None = None
 
@@ -43,15 +57,23 @@ def available() -> bool:
 
 
 def solve(
-    feats: Array, mask: Array, k: Array, kmax: int, kind: str, eps: float
-) -> tuple[Array, Array, Array, Array]:
+    feats: Array,
+    mask: Array,
+    k: Array,
+    kmax: int,
+    kind: str,
+    eps: float,
+    matrix_max: int = _MATRIX_MAX,
+) -> tuple[Array, Array, Array, Array, int]:
     """Greedy facility location on every problem of ``feats`` ``[B, n, d]``.
 
     ``mask`` ``[B, n]`` bool, ``k`` ``[B]`` int64 budgets (each at most its valid count), ``kind``
     a similarity name (``"cosine"`` features already normalised), ``eps`` the machine epsilon of
-    the working dtype (for the tie tolerance). Returns ``indices`` ``[B, kmax]`` int64 (−1 past a
-    budget), ``gains`` ``[B, kmax]``, ``weights`` ``[B, kmax]`` (cluster sizes) and ``cover``
-    ``[B, n]`` (each valid point's term of the objective), all float64.
+    the working dtype (for the tie tolerance), ``matrix_max`` the largest problem whose
+    similarity matrix is stored. Returns ``indices`` ``[B, kmax]`` int64 (−1 past a budget),
+    ``gains`` ``[B, kmax]``, ``weights`` ``[B, kmax]`` (cluster sizes), ``cover`` ``[B, n]``
+    (each valid point's term of the objective), all float64, and ``bad``: −1, or ``b·n + i``
+    for the first valid row with a non-finite value (then nothing was solved).
     """
     kernel = _compiled()
     batch, n, _ = feats.shape
@@ -59,18 +81,19 @@ def solve(
     gains = np.zeros((batch, kmax), dtype=np.float64)
     weights = np.zeros((batch, kmax), dtype=np.float64)
     cover = np.zeros((batch, n), dtype=np.float64)
-    kernel(
+    bad = kernel(
         np.ascontiguousarray(feats, dtype=np.float64),
         np.ascontiguousarray(mask, dtype=np.bool_),
         np.ascontiguousarray(k, dtype=np.int64),
         _KINDS[kind],
         float(eps),
+        int(matrix_max),
         indices,
         gains,
         weights,
         cover,
     )
-    return indices, gains, weights, cover
+    return indices, gains, weights, cover, int(bad)
 
 
 def _compiled() -> Any:
@@ -86,11 +109,13 @@ def _compiled() -> Any:
         raise ImportError(_MISSING) from exc
     # the helpers are looked up in this module's globals when _solve_all compiles: swap in
     # their compiled versions first
-    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
     module = globals()
-    for name in ("_similarity", "_gain", "_all_gains", "_greedy"):
+    for name in _HELPERS:
+        # reductions may be reassociated (and assume no NaN: the kernel checks its input first)
+        fast: bool | set[str] = {"reassoc", "nsz", "nnan"} if name in _REDUCTIONS else False
+        jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=fast)
         module[name] = jit(module[name])
-    _kernel = jit(_solve_all)
+    _kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_solve_all)
     return _kernel
 
 
@@ -111,12 +136,15 @@ def _solve_all(
     k: Array,
     kind: int,
     eps: float,
+    matrix_max: int,
     indices: Array,
     gains: Array,
     weights: Array,
     cover: Array,
-) -> None:
-    batch, n = feats.shape[0], feats.shape[1]
+) -> int:
+    """Solve every problem; return −1, or ``b·n + i`` for the first valid row ``i`` of problem
+    ``b`` with a non-finite value (then the outputs are incomplete)."""
+    batch, n, d = feats.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
         m = 0
@@ -124,74 +152,199 @@ def _solve_all(
             if mask[b, i]:
                 rows[m] = i
                 m += 1
-        sim = _similarity(feats[b], rows[:m], kind)
-        _greedy(sim, int(k[b]), eps, rows[:m], indices[b], gains[b], weights[b], cover[b])
+        xt = np.empty((d, m), dtype=np.float64)  # by column: the inner loops run over points
+        probe = 0.0  # NaN once any value is NaN or infinite (x · 0)
+        for a in range(m):
+            for t in range(d):
+                value = feats[b, rows[a], t]
+                xt[t, a] = value
+                probe += value * 0.0
+        if probe != probe:
+            for a in range(m):
+                for t in range(d):
+                    if not math.isfinite(xt[t, a]):
+                        return int(b * n + rows[a])
+        if m <= matrix_max:
+            sim, first = _similarity(xt, kind, eps)
+            top = 0.0
+        else:
+            sim = np.empty((0, 0), dtype=np.float64)
+            first, top = _first_bounds(xt, kind, eps)
+        _greedy(
+            sim, xt, kind, top, first, int(k[b]), eps, rows[:m],
+            indices[b], gains[b], weights[b], cover[b],
+        )  # fmt: skip
+    return -1
 
 
-def _similarity(x: Array, rows: Array, kind: int) -> Array:
-    """``[m, m]`` float64 similarity of the valid points ``x[rows]`` (symmetric)."""
-    m = rows.shape[0]
-    d = x.shape[1]
-    xt = np.empty((d, m), dtype=np.float64)  # features by column: the inner loops run over points
-    for a in range(m):
-        for t in range(d):
-            xt[t, a] = x[rows[a], t]
-    sim = np.zeros((m, m), dtype=np.float64)
+def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
+    """``acc[c]`` for ``c < upto``: the squared distance (or, kind 2, the dot product) of point
+    ``c`` and the point ``xj``, summed over the features in order."""
+    d = xt.shape[0]
+    for c in range(upto):
+        acc[c] = 0.0
+    for t in range(d):  # (indexing xt directly: a view per feature would cost more here)
+        v = xj[t]
+        if kind == 2:
+            for c in range(upto):
+                acc[c] += v * xt[t, c]
+        else:
+            for c in range(upto):
+                diff = xt[t, c] - v
+                acc[c] += diff * diff
+
+
+def _raw4(xt: Array, a0: int, kind: int, out: Array) -> None:
+    """:func:`_raw` for the four rows ``a0 ≤ a < a0 + 4`` into ``out[a, :a0 + 4]``, sharing each
+    load of ``xt`` (the entries ``c > a`` are computed too; the mirror overwrites them with the
+    same values)."""
+    d = xt.shape[0]
+    upto = a0 + 4
+    for a in range(a0, upto):
+        for c in range(upto):
+            out[a, c] = 0.0
+    for t in range(d):
+        v0, v1, v2, v3 = xt[t, a0], xt[t, a0 + 1], xt[t, a0 + 2], xt[t, a0 + 3]
+        if kind == 2:
+            for c in range(upto):
+                x = xt[t, c]
+                out[a0, c] += v0 * x
+                out[a0 + 1, c] += v1 * x
+                out[a0 + 2, c] += v2 * x
+                out[a0 + 3, c] += v3 * x
+        else:
+            for c in range(upto):
+                x = xt[t, c]
+                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
+                out[a0, c] += e0 * e0
+                out[a0 + 1, c] += e1 * e1
+                out[a0 + 2, c] += e2 * e2
+                out[a0 + 3, c] += e3 * e3
+
+
+def _sqrt_max(acc: Array, upto: int, top: float) -> float:
+    """Square roots of ``acc[:upto]`` in place; returns the largest of them and ``top``."""
+    for c in range(upto):
+        acc[c] = math.sqrt(acc[c])
+    for c in range(upto):
+        if acc[c] > top:
+            top = acc[c]
+    return top
+
+
+def _finish(values: Array, upto: int, kind: int, top: float, dim: int) -> float:
+    """Distances (kinds 0, 1) to similarities in place, ``top − d`` or ``exp(−d / dim)``; returns
+    ``Σ max(s, 0)`` of the similarities (compiled with reassociation: the sum vectorises)."""
+    total = 0.0
+    for c in range(upto):
+        if kind == 0:
+            values[c] = top - values[c]
+        elif kind == 1:
+            values[c] = math.exp(-values[c] / dim)
+        total += max(values[c], 0.0)
+    return total
+
+
+def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
+    """The ``[m, m]`` float64 similarity of the points (the columns of ``xt``; symmetric) and
+    upper bounds of the first gains ``Σ_i max(s(i, j), 0)`` (its row sums, with a margin for
+    their rounding)."""
+    d, m = xt.shape
+    sim = np.empty((m, m), dtype=np.float64)
+    xj = np.empty(d, dtype=np.float64)
     top = 0.0  # the largest distance
-    for a in range(m):
-        row = sim[a]
+    full = m - m % 4
+    for a0 in range(0, full, 4):  # the lower triangle, four rows at a time ...
+        _raw4(xt, a0, kind, sim)
+    for a in range(full, m):  # ... and the last rows one by one
         for t in range(d):
-            va = xt[t, a]
-            col = xt[t]
-            if kind == 2:
-                for c in range(m):
-                    row[c] += va * col[c]
-            else:
-                for c in range(m):
-                    diff = va - col[c]
-                    row[c] += diff * diff
-        if kind != 2:
-            for c in range(m):
-                row[c] = math.sqrt(row[c])
-                top = max(top, row[c])
-    if kind == 0:  # C − distance, C the largest distance of the problem
+            xj[t] = xt[t, a]
+        _raw(xt, xj, a + 1, kind, sim[a])
+    if kind != 2:
         for a in range(m):
-            for c in range(m):
-                sim[a, c] = top - sim[a, c]
-    elif kind == 1:  # exp(−distance / dim)
-        for a in range(m):
-            for c in range(m):
-                sim[a, c] = math.exp(-sim[a, c] / d)
-    return sim
+            top = _sqrt_max(sim[a], a + 1, top)
+    for a in range(m):
+        for c in range(a):
+            sim[c, a] = sim[a, c]
+    first = np.empty(m, dtype=np.float64)
+    for a in range(m):
+        total = _finish(sim[a], m, kind, top, d)
+        # m nonnegative terms: any two summation orders differ by less than 2·m·eps·total
+        first[a] = total + 4.0 * m * eps * total
+    return sim, first
 
 
-def _gain(sim: Array, cur: Array, j: int) -> float:
-    """Σ_i max(s(i, j) − cur_i, 0), summed in the order of the points (s symmetric)."""
-    col = sim[j]
+def _first_bounds(xt: Array, kind: int, eps: float) -> tuple[Array, float]:
+    """Without a matrix: upper bounds of every first gain ``Σ_i max(s(i, j), 0)`` and the
+    largest distance, in one pass over the pairs (each pair once)."""
+    d, m = xt.shape
+    acc = np.empty(m, dtype=np.float64)
+    xj = np.empty(d, dtype=np.float64)
+    sums = np.zeros(m, dtype=np.float64)
+    top = 0.0
+    for j in range(m):
+        for t in range(d):
+            xj[t] = xt[t, j]
+        _raw(xt, xj, j + 1, kind, acc)
+        if kind == 2:
+            for c in range(j + 1):
+                acc[c] = max(acc[c], 0.0)
+        else:
+            top = _sqrt_max(acc, j + 1, top)
+            if kind == 1:
+                _finish(acc, j + 1, kind, top, d)
+        total = acc[j]
+        for c in range(j):
+            total += acc[c]
+            sums[c] += acc[c]
+        sums[j] += total
+    bounds = np.empty(m, dtype=np.float64)
+    for j in range(m):
+        if kind == 0:  # Σ_i (C − d_ij) = m·C − Σ_i d_ij
+            value = m * top - sums[j]
+            slack = 4.0 * m * eps * (m * top + sums[j])
+        else:  # a sum of m nonnegative terms: relative error below m·eps
+            value = sums[j]
+            slack = 4.0 * m * eps * sums[j]
+        bounds[j] = value + slack
+    return bounds, top
+
+
+def _gain(row: Array, cur: Array) -> float:
+    """Σ_i max(s(j, i) − cur_i, 0) for ``row`` = s(j, ·) (compiled with reassociation, so the
+    sum vectorises; every gain of a call is summed the same way)."""
     acc = 0.0
     for i in range(cur.shape[0]):
-        diff = col[i] - cur[i]
-        if diff > 0.0:
-            acc += diff
+        acc += max(row[i] - cur[i], 0.0)
     return acc
 
 
-def _all_gains(sim: Array, cur: Array, bound: Array, fresh: Array, stamp: int) -> None:
-    """Every candidate's exact gain into ``bound``, point by point in loops over candidates that
-    vectorise; each gain is summed in the same order as :func:`_gain` sums it."""
-    m = cur.shape[0]
-    for j in range(m):
-        bound[j] = 0.0
-        fresh[j] = stamp
-    for i in range(m):
-        row = sim[i]
-        ci = cur[i]
-        for j in range(m):
-            bound[j] += max(row[j] - ci, 0.0)
+def _gain_at(sim: Array, j: int, cur: Array) -> float:
+    """:func:`_gain` of the matrix row ``j`` (without making a view of it)."""
+    acc = 0.0
+    for i in range(cur.shape[0]):
+        acc += max(sim[j, i] - cur[i], 0.0)
+    return acc
+
+
+def _sim_row(xt: Array, kind: int, top: float, j: int, xj: Array, out: Array) -> Array:
+    """s(j, ·) computed from the features into ``out`` (when there is no matrix)."""
+    d, m = xt.shape
+    for t in range(d):
+        xj[t] = xt[t, j]
+    _raw(xt, xj, m, kind, out)
+    if kind != 2:
+        _sqrt_max(out, m, 0.0)
+        _finish(out, m, kind, top, d)
+    return out
 
 
 def _greedy(
     sim: Array,
+    xt: Array,
+    kind: int,
+    top: float,
+    first: Array,
     budget: int,
     eps: float,
     rows: Array,
@@ -200,64 +353,65 @@ def _greedy(
     weights: Array,
     cover: Array,
 ) -> None:
-    m = rows.shape[0]
+    d, m = xt.shape
+    matrix = sim.shape[0] > 0
     cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
-    bound = np.empty(m, dtype=np.float64)
-    fresh = np.zeros(m, dtype=np.int64)  # 1 + the step at which bound[j] was computed
-    taken = np.zeros(m, dtype=np.bool_)
-    _all_gains(sim, cur, bound, fresh, 1)
+    near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
+    owner = np.zeros(m, dtype=np.int64)  # ... and that pick (the lowest index among equals)
+    # an upper bound of each candidate's gain, exact where fresh == the step + 1; −inf once taken
+    bound = first.copy()
+    fresh = np.zeros(m, dtype=np.int64)
+    xj = np.empty(d, dtype=np.float64)
+    scratch = np.empty(0 if matrix else m, dtype=np.float64)
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
     for step in range(budget):
-        stamp = step + 1  # bounds computed at this step are exact gains now
-        best = -np.inf
-        if step == 0 or m <= _DENSE_MAX:
-            if step > 0:  # small problems: recompute every gain, no bookkeeping
-                _all_gains(sim, cur, bound, fresh, stamp)
-            for j in range(m):
-                if not taken[j]:
-                    best = max(best, bound[j])
-            if step == 0:
-                tol = 16.0 * eps * abs(best) / math.sqrt(m)
+        stamp = step + 1
+        # nothing is exact yet: evaluate the largest bound
+        lead = 0
+        for j in range(1, m):
+            if bound[j] > bound[lead]:
+                lead = j
+        if matrix:
+            best = _gain_at(sim, lead, cur)
         else:
-            while True:
-                top = -1
-                top_bound = -np.inf
-                for j in range(m):
-                    if not taken[j] and fresh[j] != stamp and bound[j] > top_bound:
-                        top_bound = bound[j]
-                        top = j
-                # stop once no stale bound can reach best − tol (its gain is at most its bound)
-                if top < 0 or top_bound < best - tol:
-                    break
-                bound[top] = _gain(sim, cur, top)
-                fresh[top] = stamp
-                best = max(best, bound[top])
-        pick = -1
+            best = _gain(_sim_row(xt, kind, top, lead, xj, scratch), cur)
+        bound[lead] = best
+        fresh[lead] = stamp
+        if step == 0:
+            tol = 16.0 * eps * abs(best) / math.sqrt(m)
+        # then every other stale bound that can still reach best − tol (a gain is at most its
+        # bound, and best only grows); at the first step with a margin, as tol follows best
+        reach = best - (2.0 * tol if step == 0 else tol)
         for j in range(m):
-            if not taken[j] and fresh[j] == stamp and bound[j] >= best - tol:
-                pick = j
-                break
-        taken[pick] = True
+            if bound[j] >= reach and fresh[j] != stamp:
+                if matrix:
+                    value = _gain_at(sim, j, cur)
+                else:
+                    value = _gain(_sim_row(xt, kind, top, j, xj, scratch), cur)
+                bound[j] = value
+                fresh[j] = stamp
+                best = max(best, value)
+        if step == 0:
+            tol = 16.0 * eps * abs(best) / math.sqrt(m)
+        pick = 0
+        while fresh[pick] != stamp or bound[pick] < best - tol:
+            pick += 1
         picks[step] = pick
         indices[step] = rows[pick]
         gains[step] = bound[pick]
-        col = sim[pick]
+        bound[pick] = -np.inf
+        row = sim[pick] if matrix else _sim_row(xt, kind, top, pick, xj, scratch)
         for i in range(m):
-            if col[i] > cur[i]:
-                cur[i] = col[i]
+            v = row[i]
+            # cluster sizes: each point to its most similar pick, ties to the lowest index
+            closer = v > near[i] or (v == near[i] and pick < owner[i])
+            near[i] = v if closer else near[i]
+            owner[i] = pick if closer else owner[i]
+            cur[i] = max(cur[i], v)
+    position = np.empty(m, dtype=np.int64)  # the step at which each pick was taken
+    for step in range(budget):
+        position[picks[step]] = step
     for i in range(m):
         cover[rows[i]] = cur[i]
-    # cluster sizes: each point to its most similar pick, ties to the lowest point index
-    # (rows is increasing, so the compact index orders points as the original one does)
-    order = np.argsort(picks, kind="mergesort")
-    for i in range(m):
-        best_pos = order[0]
-        best_sim = sim[i, picks[best_pos]]
-        for r in range(1, budget):
-            pos = order[r]
-            s = sim[i, picks[pos]]
-            if s > best_sim:
-                best_sim = s
-                best_pos = pos
-        weights[best_pos] += 1.0
+        weights[position[owner[i]]] += 1.0

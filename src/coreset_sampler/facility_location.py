@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -225,7 +226,7 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
             f"method='lazy' runs on the CPU, but the features are on {p.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
-    indices, gains, weights, cover = _lazy.solve(
+    indices, gains, weights, cover, bad = _lazy.solve(
         p.features.detach().numpy(),
         p.mask.numpy(),
         p.k.numpy(),
@@ -233,12 +234,17 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
         p.kind,
         torch.finfo(p.dtype).eps,
     )
+    if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
+        row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
+        row_ok[bad] = False
+        _raise_first_bad_row(row_ok.reshape(p.mask.shape), p.lead_shape, "features")
     lead = p.lead_shape
+    out = np.float32 if p.dtype == torch.float32 else np.float64  # (NumPy casts cost less here)
     return FacilityLocationResult(
         indices=torch.from_numpy(indices).reshape(*lead, -1),
-        weights=torch.from_numpy(weights).to(p.dtype).reshape(*lead, -1),
-        gains=torch.from_numpy(gains).to(p.dtype).reshape(*lead, -1),
-        objective=torch.from_numpy(cover.sum(1)).to(p.dtype).reshape(lead),
+        weights=torch.from_numpy(weights.astype(out)).reshape(*lead, -1),
+        gains=torch.from_numpy(gains.astype(out)).reshape(*lead, -1),
+        objective=torch.from_numpy(cover.sum(1).astype(out)).reshape(lead),
     )
 
 
@@ -431,6 +437,23 @@ def _prepare(
     kmax = k if isinstance(k, int) else int(k_vec.max())
 
     flat = src.reshape(batch, n, src.shape[-1]).to(dtype)
+    if method == "lazy" and precomputed is None:
+        # the compiled kernel reads only the valid rows and checks that they are finite
+        return _Problem(
+            features=torch.nn.functional.normalize(flat, dim=-1) if kind == "cosine" else flat,
+            dense=None,
+            mask=flat_mask,
+            k=k_vec,
+            kmax=kmax,
+            kmin=kmax if isinstance(k, int) else int(k_vec.min()),
+            base=torch.zeros(batch, dtype=torch.float64),
+            kind=kind,
+            lead_shape=lead,
+            n=n,
+            dtype=dtype,
+            device=device,
+            chunk_size=chunk_size,
+        )
     finite = torch.isfinite(flat)
     if mask is not None or not bool(finite.all()):
         row_ok = finite.all(-1) | ~flat_mask
