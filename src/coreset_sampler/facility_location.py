@@ -115,13 +115,15 @@ def greedy_facility_location(
       the global RNG is never touched).
     * ``"lazy"``: exact, same picks as naive, compiled (needs numba: ``pip install
       'coreset-sampler[fast]'``; CPU tensors and named similarities only). All problems are
-      solved in one compiled call: the ``n×n`` similarity of one problem at a time in float64
-      (``O(n²·d)``), then the greedy: up to 160 points every gain is recomputed at every step in
-      vectorised loops (``O(k·n²)``), above that with lazy evaluation (a candidate's gain is
-      recomputed, ``O(n)``, only while its stale upper bound can still reach the best; about
-      ``20·k·n`` in practice); ``O(n²)`` memory. No per-step PyTorch overhead: the fastest
-      method for CREST's many small problems. The first call in a process compiles the kernel
-      (about a second; cached on disk after that).
+      solved in one compiled call, one problem at a time, then the greedy with lazy evaluation
+      (a candidate's gain, ``O(n)``, is recomputed only while its stale upper bound can still
+      reach the best: about ``n/4`` to ``n/100`` candidates per step in practice). Up to 4096
+      points the ``n×n`` float64 similarity is built first (each pair once, ``O(n²·d)``) and
+      kept, ``O(n²)`` memory; above, similarity rows are recomputed from the features for each
+      evaluation, ``O(n·d)`` each and ``O(n·d)`` memory, which is slower than ``"incremental"``
+      at those sizes. No per-step PyTorch overhead: the fastest method for CREST's many small
+      problems. The first call in a process compiles the kernel (a few seconds; cached on
+      disk after that).
     * ``"auto"``: on CPU with numba installed, lazy for ``n ≤ 4096`` and ``d ≤ 64`` (named
       similarities, no ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size``
       is given), else incremental.
