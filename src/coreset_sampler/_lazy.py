@@ -13,9 +13,10 @@ come from one pass over the pairs. Memory is then ``O(m·d)``.
 **Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its
 last exact gain; gains only shrink, F being submodular). At each step the candidate with the
 largest bound is evaluated exactly (a float64 sum over the points), then, in index order, every
-other candidate whose bound still reaches ``best − tol``; among the candidates evaluated in this
-step, the lowest index within ``tol`` of the best is picked. A candidate left out has a bound,
-hence a gain, below ``best − tol``: the pick is the naive greedy's under the same tie rule. Every
+other candidate whose bound still reaches ``best − tol``, ``best`` the largest gain evaluated so
+far; among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
+picked. A candidate left out has a bound, hence a gain, below ``best − tol`` (``best`` only
+grows): the pick is the naive greedy's under the same tie rule. Every
 gain of a call is summed the same way (vectorised, with reassociation), so equal gains compare
 equal. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
 far, ties to the lowest index).
@@ -380,18 +381,21 @@ def _greedy(
         fresh[lead] = stamp
         if step == 0:
             tol = 16.0 * eps * abs(best) / math.sqrt(m)
-        # then every other stale bound that can still reach best − tol (a gain is at most its
-        # bound, and best only grows); at the first step with a margin, as tol follows best
-        reach = best - (2.0 * tol if step == 0 else tol)
+        # then, in index order, every stale bound that can still reach the best so far − tol (a
+        # gain is at most its bound, and best only grows, so a candidate skipped now cannot
+        # reach the final best − tol either); at the first step with a margin, as tol follows
+        # best
+        margin = 2.0 * tol if step == 0 else tol
         for j in range(m):
-            if bound[j] >= reach and fresh[j] != stamp:
-                if matrix:
-                    value = _gain_at(sim, j, cur)
-                else:
-                    value = _gain(_sim_row(xt, kind, top, j, xj, scratch), cur)
-                bound[j] = value
-                fresh[j] = stamp
-                best = max(best, value)
+            if bound[j] < best - margin or fresh[j] == stamp:
+                continue
+            if matrix:
+                value = _gain_at(sim, j, cur)
+            else:
+                value = _gain(_sim_row(xt, kind, top, j, xj, scratch), cur)
+            bound[j] = value
+            fresh[j] = stamp
+            best = max(best, value)
         if step == 0:
             tol = 16.0 * eps * abs(best) / math.sqrt(m)
         pick = 0
