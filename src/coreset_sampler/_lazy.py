@@ -10,16 +10,16 @@ mirrored. Above, nothing quadratic is stored: a similarity row is recomputed fro
 (``O(m·d)``) whenever a gain is evaluated, and the first gains' bounds and the largest distance
 come from one pass over the pairs. Memory is then ``O(m·d)``.
 
-**Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its
-last exact gain; gains only shrink, F being submodular). At each step the candidate with the
-largest bound is evaluated exactly (a float64 sum over the points), then, in index order, every
-other candidate whose bound still reaches ``best − tol``, ``best`` the largest gain evaluated so
-far; among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
+**Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its last
+exact gain; gains only shrink, F being submodular). At each step the candidate with the largest
+bound is evaluated exactly (a float64 sum over the points), then, in index order, every other
+candidate whose bound still reaches ``best − tol``, ``best`` the largest gain evaluated so far;
+among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
 picked. A candidate left out has a bound, hence a gain, below ``best − tol`` (``best`` only
-grows): the pick is the naive greedy's under the same tie rule. Every
-gain of a call is summed the same way (vectorised, with reassociation), so equal gains compare
-equal. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
-far, ties to the lowest index).
+grows): the pick is the naive greedy's under the same tie rule. Every gain of a call is summed
+the same way (vectorised, with reassociation), so equal gains compare equal. Cluster sizes are
+kept up to date as the picks come (each point's most similar pick so far, ties to the lowest
+index).
 
 numba is imported on first use; :func:`available` says whether it can be.
 """
