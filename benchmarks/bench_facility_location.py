@@ -8,10 +8,10 @@ Every method maximises the same objective, facility location with the similarity
 Each (case, method) pair runs in a fresh subprocess, so that its peak memory is its own. Inside
 the worker: imports, data creation, one warm-up call on a small slice of the data (excluded),
 then ``--repeats`` timed calls (more, up to ``--min-time`` seconds in total, when they are
-short); the median is reported. The baselines are timed INCLUDING the
-construction of their dense similarity matrix from the features (our kernel computes the
-similarity itself). Objectives of every selection are evaluated afterwards by one shared float64
-NumPy evaluator and compared with ours.
+short); the median is reported. The baselines are timed INCLUDING the construction of their
+dense similarity matrix from the features (our kernel computes the similarity itself).
+Objectives of every selection are evaluated afterwards by one shared float64 NumPy evaluator and
+compared with ours.
 
 Usage::
 
