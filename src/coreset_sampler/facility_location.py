@@ -118,13 +118,12 @@ def greedy_facility_location(
       solved in one compiled call, one problem at a time, then the greedy with lazy evaluation
       (a candidate's gain, ``O(n)``, is recomputed only while its stale upper bound can still
       reach the best: on random 10-d data about ``n/4`` candidates per step at ``n = 50``,
-      ``n/20`` at ``n = 500`` to ``1280``). Up to 4096
-      points the ``n×n`` float64 similarity is built first (each pair once, ``O(n²·d)``) and
-      kept, ``O(n²)`` memory; above, similarity rows are recomputed from the features for each
-      evaluation, ``O(n·d)`` each and ``O(n·d)`` memory, which is slower than ``"incremental"``
-      at those sizes. No per-step PyTorch overhead: the fastest method for CREST's many small
-      problems. The first call in a process compiles the kernel (a few seconds; cached on
-      disk after that).
+      ``n/20`` at ``n = 500`` to ``1280``). Up to 4096 points the ``n×n`` float64 similarity is
+      built first (each pair once, ``O(n²·d)``) and kept, ``O(n²)`` memory; above, similarity
+      rows are recomputed from the features for each evaluation, ``O(n·d)`` each and ``O(n·d)``
+      memory, which is slower than ``"incremental"`` at those sizes. No per-step PyTorch
+      overhead: the fastest method for CREST's many small problems. The first call in a process
+      compiles the kernel (a few seconds; cached on disk after that).
     * ``"auto"``: on CPU with numba installed, lazy for ``n ≤ 4096`` and ``d ≤ 64`` (named
       similarities, no ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size``
       is given), else incremental.
