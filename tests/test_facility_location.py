@@ -533,7 +533,7 @@ def check_lazy_kernel_output(
     out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     indices, gains, weights, cover = out
-    for b in range(3):
+    for b in range(len(k)):
         keep = np.flatnonzero(mask[b])
         sim = similarity_matrix(x[b].numpy()[keep], similarity)
         selected, ref_gains, obj = naive_greedy(sim, int(k[b]))
@@ -562,7 +562,8 @@ def test_lazy_kernel_uncompiled_equals_reference(similarity: str, matrix_max: in
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_lazy_kernel_without_a_matrix_equals_reference(similarity: str) -> None:
-    """Compiled, rows recomputed from the features (what problems above _MATRIX_MAX get)."""
+    """Compiled, incremental with rows recomputed from the features (problems above
+    _MATRIX_MAX)."""
     x, feats, mask, k = lazy_kernel_inputs(similarity)
     *out, bad = _lazy.solve(feats, mask, k, 25, similarity, 2.0**-52, matrix_max=0)
     assert bad == -1
@@ -586,6 +587,43 @@ def test_lazy_kernel_on_ties_and_duplicates(matrix_max: int) -> None:
     assert indices[0].tolist() == selected
     np.testing.assert_allclose(gains[0], ref_gains, rtol=1e-12)
     assert weights[0].tolist() == cluster_sizes(sim, selected)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_incremental_kernel_over_several_column_blocks_equals_reference(similarity: str) -> None:
+    """The incremental greedy on more points than one column block (_BLOCK), an odd number of
+    features (the distance loops take them two at a time), padding, and many picks."""
+    assert _lazy._BLOCK < 700
+    x = rng_features(13, 1, 700, 5)
+    feats = x.numpy().copy()
+    if similarity == "cosine":
+        feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    mask = np.ones((1, 700), dtype=bool)
+    mask[0, ::9] = False
+    k = np.array([90])
+    *out, bad = _lazy.solve(feats, mask, k, 90, similarity, 2.0**-52, matrix_max=0)
+    assert bad == -1
+    check_lazy_kernel_output(similarity, x, mask, k, tuple(out))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
+def test_lazy_kernel_separates_near_ties_like_the_reference(matrix_max: int) -> None:
+    """Pairs of points 1e-13 apart: their gains differ far below the kept gains' rounding
+    (the incremental greedy's) but above the tie tolerance, so only exact evaluation picks the
+    reference's point of each pair."""
+    base = rng_features(17, 150, 3).numpy()
+    shift = 1e-13 * np.random.default_rng(18).standard_normal(base.shape)
+    feats = np.concatenate([base, base + shift])[None]
+    mask = np.ones(feats.shape[:2], dtype=bool)
+    sim = similarity_matrix(feats[0], "neg_distance")
+    selected, ref_gains, _ = naive_greedy(sim, 60)
+    indices, gains, *_ = _lazy.solve(
+        feats, mask, np.array([60]), 60, "neg_distance", 2.0**-52, matrix_max=matrix_max
+    )
+    assert indices[0].tolist() == selected
+    np.testing.assert_allclose(gains[0], ref_gains, rtol=1e-12)
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")

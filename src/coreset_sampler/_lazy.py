@@ -4,11 +4,14 @@ One call solves every problem of a batch in compiled code: similarities in float
 and the cluster sizes, so a batch of small problems costs one Python call instead of a dozen
 PyTorch operations per greedy step.
 
-**Two ways to get a similarity.** Up to ``matrix_max`` points (``_MATRIX_MAX``, 4096: a 134 MB
-float64 matrix) the problem's ``[m, m]`` matrix is built once, each pair computed once and
-mirrored. Above, nothing quadratic is stored: a similarity row is recomputed from the features
-(``O(m·d)``) whenever a gain is evaluated, and the first gains' bounds and the largest distance
-come from one pass over the pairs. Memory is then ``O(m·d)``.
+**Two greedy strategies, both exact.** Up to ``matrix_max`` points (``_MATRIX_MAX``, 2048: a
+34 MB float64 matrix) the problem's ``[m, m]`` similarity matrix is built once (each pair
+computed once and mirrored) and the greedy uses lazy evaluation on it. Above, nothing quadratic
+is stored and the greedy is incremental: every candidate's gain is kept and corrected after each
+pick for the points whose best similarity rose, their similarity rows recomputed from the
+features (``O(m·d)`` each; on random 10-d data about ``6·m`` rows in all). Memory is then
+``O(m·d)``. Above about 2000 points the incremental greedy is the faster of the two (it does not
+build the matrix, and its work hardly depends on the number of picks).
 
 **Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its last
 exact gain; gains only shrink, F being submodular). At each step the candidate with the largest
@@ -16,10 +19,13 @@ bound is evaluated exactly (a float64 sum over the points), then, in index order
 candidate whose bound still reaches ``best − tol``, ``best`` the largest gain evaluated so far;
 among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
 picked. A candidate left out has a bound, hence a gain, below ``best − tol`` (``best`` only
-grows): the pick is the naive greedy's under the same tie rule. Every gain of a call is summed
-the same way (vectorised, with reassociation), so equal gains compare equal. Cluster sizes are
-kept up to date as the picks come (each point's most similar pick so far, ties to the lowest
-index).
+grows): the pick is the naive greedy's under the same tie rule. The incremental greedy's kept
+gains carry rounding error (bounded as it goes, see :func:`_incremental`): it evaluates exactly,
+in the same way, every candidate within ``tol`` plus twice that bound of the largest kept gain.
+Every exact gain of a call is summed the same way (vectorised, with reassociation) from
+similarities computed the same way, so equal gains compare equal and both strategies pick
+alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
+far, ties to the lowest index).
 
 numba is imported on first use; :func:`available` says whether it can be.
 """
@@ -35,14 +41,19 @@ import numpy.typing as npt
 Array = npt.NDArray[Any]
 
 _KINDS = {"neg_distance": 0, "exp": 1, "cosine": 2, "dot": 2}
-# up to this many points a problem's similarity matrix is stored (float64: 134 MB at 4096);
-# above, similarity rows are recomputed from the features
-_MATRIX_MAX = 4096
+# up to this many points a problem's similarity matrix is stored (float64: 34 MB at 2048) and
+# the greedy is lazy; above, it is incremental, similarity rows recomputed from the features
+_MATRIX_MAX = 2048
+# columns per block when rows are recomputed (four rows of this many float64 stay in L1)
+_BLOCK = 512
+# the kernel computes in float64 whatever the input's dtype: its rounding bounds use this
+_EPS64 = 2.0**-52
 # helpers whose loops are reductions: reassociation lets them vectorise
 _REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
 _HELPERS = (
-    "_raw", "_raw4", "_sqrt_max", "_finish", "_similarity", "_first_bounds", "_gain", "_gain_at",
-    "_sim_row", "_greedy",
+    "_raw", "_raw4", "_sqrt_max", "_finish", "_similarity", "_gain", "_gain_at", "_tie_tolerance",
+    "_take", "_finish_problem", "_greedy", "_first_gains", "_sim_row", "_reach", "_raw_block",
+    "_clamp_into", "_correct", "_incremental",
 )  # fmt: skip
 _kernel: Any = None
 _import_error: BaseException | None = None
@@ -167,44 +178,76 @@ def _solve_all(
                         return int(b * n + rows[a])
         if m <= matrix_max:
             sim, first = _similarity(xt, kind, eps)
-            top = 0.0
+            _greedy(
+                sim, first, int(k[b]), eps, rows[:m], indices[b], gains[b], weights[b], cover[b]
+            )
         else:
-            sim = np.empty((0, 0), dtype=np.float64)
-            first, top = _first_bounds(xt, kind, eps)
-        _greedy(
-            sim, xt, kind, top, first, int(k[b]), eps, rows[:m],
-            indices[b], gains[b], weights[b], cover[b],
-        )  # fmt: skip
+            first, top, err = _first_gains(xt, kind)
+            _incremental(
+                xt, kind, top, first, err, int(k[b]), eps, rows[:m],
+                indices[b], gains[b], weights[b], cover[b],
+            )  # fmt: skip
     return -1
 
 
 def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
     """``acc[c]`` for ``c < upto``: the squared distance (or, kind 2, the dot product) of point
-    ``c`` and the point ``xj``, summed over the features in order."""
+    ``c`` and the point ``xj``, summed over the features two at a time (``acc += (a + b)``, the
+    order every ``_raw*`` function follows)."""
     d = xt.shape[0]
     for c in range(upto):
         acc[c] = 0.0
-    for t in range(d):  # (indexing xt directly: a view per feature would cost more here)
+    for t in range(0, d - 1, 2):  # (indexing xt directly: a view per feature would cost more)
+        v, w = xj[t], xj[t + 1]
+        if kind == 2:
+            for c in range(upto):
+                acc[c] += v * xt[t, c] + w * xt[t + 1, c]
+        else:
+            for c in range(upto):
+                e, f = xt[t, c] - v, xt[t + 1, c] - w
+                acc[c] += e * e + f * f
+    if d % 2:
+        t = d - 1
         v = xj[t]
         if kind == 2:
             for c in range(upto):
                 acc[c] += v * xt[t, c]
         else:
             for c in range(upto):
-                diff = xt[t, c] - v
-                acc[c] += diff * diff
+                e = xt[t, c] - v
+                acc[c] += e * e
 
 
 def _raw4(xt: Array, a0: int, kind: int, out: Array) -> None:
     """:func:`_raw` for the four rows ``a0 ≤ a < a0 + 4`` into ``out[a, :a0 + 4]``, sharing each
     load of ``xt`` (the entries ``c > a`` are computed too; the mirror overwrites them with the
-    same values)."""
+    same values). :func:`_raw_block` with the rows' storage in place."""
     d = xt.shape[0]
     upto = a0 + 4
     for a in range(a0, upto):
         for c in range(upto):
             out[a, c] = 0.0
-    for t in range(d):
+    for t in range(0, d - 1, 2):
+        v0, v1, v2, v3 = xt[t, a0], xt[t, a0 + 1], xt[t, a0 + 2], xt[t, a0 + 3]
+        w0, w1, w2, w3 = xt[t + 1, a0], xt[t + 1, a0 + 1], xt[t + 1, a0 + 2], xt[t + 1, a0 + 3]
+        if kind == 2:
+            for c in range(upto):
+                x, y = xt[t, c], xt[t + 1, c]
+                out[a0, c] += v0 * x + w0 * y
+                out[a0 + 1, c] += v1 * x + w1 * y
+                out[a0 + 2, c] += v2 * x + w2 * y
+                out[a0 + 3, c] += v3 * x + w3 * y
+        else:
+            for c in range(upto):
+                x, y = xt[t, c], xt[t + 1, c]
+                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
+                f0, f1, f2, f3 = y - w0, y - w1, y - w2, y - w3
+                out[a0, c] += e0 * e0 + f0 * f0
+                out[a0 + 1, c] += e1 * e1 + f1 * f1
+                out[a0 + 2, c] += e2 * e2 + f2 * f2
+                out[a0 + 3, c] += e3 * e3 + f3 * f3
+    if d % 2:
+        t = d - 1
         v0, v1, v2, v3 = xt[t, a0], xt[t, a0 + 1], xt[t, a0 + 2], xt[t, a0 + 3]
         if kind == 2:
             for c in range(upto):
@@ -275,40 +318,55 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
     return sim, first
 
 
-def _first_bounds(xt: Array, kind: int, eps: float) -> tuple[Array, float]:
-    """Without a matrix: upper bounds of every first gain ``Σ_i max(s(i, j), 0)`` and the
-    largest distance, in one pass over the pairs (each pair once)."""
+def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
+    """Without a matrix: every first gain ``Σ_i max(s(i, j), 0)``, the largest distance and a
+    bound of the gains' rounding error, in one pass over the pairs (each pair once, four rows
+    at a time)."""
     d, m = xt.shape
-    acc = np.empty(m, dtype=np.float64)
-    xj = np.empty(d, dtype=np.float64)
-    sums = np.zeros(m, dtype=np.float64)
+    acc = np.empty((4, _BLOCK), dtype=np.float64)
+    ids = np.empty(4, dtype=np.int64)
+    sums = np.zeros(m, dtype=np.float64)  # Σ_i d_ij (kinds 0, 1: of s_ij for kind 1)
     top = 0.0
-    for j in range(m):
-        for t in range(d):
-            xj[t] = xt[t, j]
-        _raw(xt, xj, j + 1, kind, acc)
-        if kind == 2:
-            for c in range(j + 1):
-                acc[c] = max(acc[c], 0.0)
-        else:
-            top = _sqrt_max(acc, j + 1, top)
-            if kind == 1:
-                _finish(acc, j + 1, kind, top, d)
-        total = acc[j]
-        for c in range(j):
-            total += acc[c]
-            sums[c] += acc[c]
-        sums[j] += total
-    bounds = np.empty(m, dtype=np.float64)
+    for i0 in range(0, m, 4):
+        for r in range(4):
+            ids[r] = min(i0 + r, m - 1)  # a short group repeats its last row
+        # the columns c ≤ i of each row i: up to the group's last row
+        end = min(m, i0 + 4)
+        for c0 in range(0, end, _BLOCK):
+            width = min(_BLOCK, end - c0)
+            _raw_block(xt, ids, c0, width, kind, acc)
+            for r in range(end - i0):
+                i = i0 + r
+                upto = min(width, i + 1 - c0)  # columns c0 ≤ c ≤ i
+                if upto <= 0:
+                    continue
+                a = acc[r]
+                if kind == 2:
+                    for c in range(upto):
+                        a[c] = max(a[c], 0.0)
+                else:
+                    top = _sqrt_max(a, upto, top)
+                    if kind == 1:
+                        _finish(a, upto, kind, top, d)
+                total = 0.0
+                for c in range(upto):
+                    total += a[c]
+                    sums[c0 + c] += a[c]
+                # the diagonal was added to its column above; off it, the pair also counts
+                # for row i
+                if c0 <= i < c0 + width:
+                    total -= a[i - c0]
+                sums[i] += total
+    gains = np.empty(m, dtype=np.float64)
+    err = 0.0
     for j in range(m):
         if kind == 0:  # Σ_i (C − d_ij) = m·C − Σ_i d_ij
-            value = m * top - sums[j]
-            slack = 4.0 * m * eps * (m * top + sums[j])
+            gains[j] = m * top - sums[j]
+            err = max(err, 4.0 * m * _EPS64 * (m * top + sums[j]))
         else:  # a sum of m nonnegative terms: relative error below m·eps
-            value = sums[j]
-            slack = 4.0 * m * eps * sums[j]
-        bounds[j] = value + slack
-    return bounds, top
+            gains[j] = sums[j]
+            err = max(err, 4.0 * m * _EPS64 * sums[j])
+    return gains, top, err
 
 
 def _gain(row: Array, cur: Array) -> float:
@@ -342,9 +400,6 @@ def _sim_row(xt: Array, kind: int, top: float, j: int, xj: Array, out: Array) ->
 
 def _greedy(
     sim: Array,
-    xt: Array,
-    kind: int,
-    top: float,
     first: Array,
     budget: int,
     eps: float,
@@ -354,34 +409,29 @@ def _greedy(
     weights: Array,
     cover: Array,
 ) -> None:
-    d, m = xt.shape
-    matrix = sim.shape[0] > 0
+    """The lazy greedy on a stored similarity matrix ``sim`` (``first``: bounds of the first
+    gains); writes the problem's outputs."""
+    m = sim.shape[0]
     cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
     near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
     owner = np.zeros(m, dtype=np.int64)  # ... and that pick (the lowest index among equals)
     # an upper bound of each candidate's gain, exact where fresh == the step + 1; −inf once taken
     bound = first.copy()
     fresh = np.zeros(m, dtype=np.int64)
-    xj = np.empty(d, dtype=np.float64)
-    scratch = np.empty(0 if matrix else m, dtype=np.float64)
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
     for step in range(budget):
         stamp = step + 1
-        # nothing is exact yet: evaluate the largest bound (the matrix-or-row evaluation is
-        # written out here and below: a helper holding it made the crest-split call 1.8× slower)
+        # nothing is exact yet: evaluate the largest bound
         lead = 0
         for j in range(1, m):
             if bound[j] > bound[lead]:
                 lead = j
-        if matrix:
-            best = _gain_at(sim, lead, cur)
-        else:
-            best = _gain(_sim_row(xt, kind, top, lead, xj, scratch), cur)
+        best = _gain_at(sim, lead, cur)
         bound[lead] = best
         fresh[lead] = stamp
         if step == 0:
-            tol = 16.0 * eps * abs(best) / math.sqrt(m)
+            tol = _tie_tolerance(best, m, eps)
         # then, in index order, every stale bound that can still reach the best so far − tol (a
         # gain is at most its bound, and best only grows, so a candidate skipped now cannot
         # reach the final best − tol either); at the first step with a margin, as tol follows
@@ -390,33 +440,267 @@ def _greedy(
         for j in range(m):
             if bound[j] < best - margin or fresh[j] == stamp:
                 continue
-            if matrix:
-                value = _gain_at(sim, j, cur)
-            else:
-                value = _gain(_sim_row(xt, kind, top, j, xj, scratch), cur)
+            value = _gain_at(sim, j, cur)
             bound[j] = value
             fresh[j] = stamp
             best = max(best, value)
         if step == 0:
-            tol = 16.0 * eps * abs(best) / math.sqrt(m)
+            tol = _tie_tolerance(best, m, eps)
         pick = 0
         while fresh[pick] != stamp or bound[pick] < best - tol:
             pick += 1
         picks[step] = pick
-        indices[step] = rows[pick]
         gains[step] = bound[pick]
         bound[pick] = -np.inf
-        row = sim[pick] if matrix else _sim_row(xt, kind, top, pick, xj, scratch)
-        for i in range(m):
-            v = row[i]
-            # cluster sizes: each point to its most similar pick, ties to the lowest index
-            closer = v > near[i] or (v == near[i] and pick < owner[i])
-            near[i] = v if closer else near[i]
-            owner[i] = pick if closer else owner[i]
-            cur[i] = max(cur[i], v)
-    position = np.empty(m, dtype=np.int64)  # the step at which each pick was taken
+        _take(sim[pick], pick, cur, near, owner)
+    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+
+
+def _tie_tolerance(best: float, m: int, eps: float) -> float:
+    """Gains this close to the step's best count as tied (the lowest index wins): the rounding
+    of two summation orders of ``m`` terms, from the first step's best gain."""
+    return 16.0 * eps * abs(best) / math.sqrt(m)
+
+
+def _take(row: Array, pick: int, cur: Array, near: Array, owner: Array) -> None:
+    """Pick ``pick`` (similarities ``row`` = s(pick, ·)): raise ``cur`` and move the points it is
+    now the most similar pick of (ties to the lowest index) into its cluster."""
+    for i in range(cur.shape[0]):
+        v = row[i]
+        closer = v > near[i] or (v == near[i] and pick < owner[i])
+        near[i] = v if closer else near[i]
+        owner[i] = pick if closer else owner[i]
+        cur[i] = max(cur[i], v)
+
+
+def _finish_problem(
+    picks: Array,
+    budget: int,
+    rows: Array,
+    cur: Array,
+    owner: Array,
+    indices: Array,
+    weights: Array,
+    cover: Array,
+) -> None:
+    """Write the picks (as indices of the unmasked problem), cluster sizes and coverage."""
+    position = np.empty(cur.shape[0], dtype=np.int64)  # the step at which each pick was taken
     for step in range(budget):
         position[picks[step]] = step
-    for i in range(m):
+        indices[step] = rows[picks[step]]
+    for i in range(cur.shape[0]):
         cover[rows[i]] = cur[i]
         weights[position[owner[i]]] += 1.0
+
+
+# --------------------------------------------------------------------------- above matrix_max
+# No matrix: every candidate's gain is kept and corrected as the picks come. After a pick, a
+# point ``i`` whose best similarity rose from ``lo`` to ``hi`` lowers each ``g_j`` by
+# ``clamp(s(i, j), lo, hi) − lo``; its similarity row is recomputed from the features for that.
+
+
+def _incremental(
+    xt: Array,
+    kind: int,
+    top: float,
+    g: Array,
+    err: float,
+    budget: int,
+    eps: float,
+    rows: Array,
+    indices: Array,
+    gains: Array,
+    weights: Array,
+    cover: Array,
+) -> None:
+    """The incremental greedy from the first gains ``g`` (corrected in place; ``err`` bounds
+    their rounding error); writes the problem's outputs.
+
+    The kept gains round differently from an exact evaluation, so each step evaluates exactly
+    (:func:`_gain` of a recomputed row, as the lazy greedy does) every candidate whose kept gain
+    is within ``tol + 2·err`` of the largest one, ``err`` a running bound of the kept gains'
+    error: a candidate left out is more than ``tol`` below the best exact gain, so the pick
+    (the lowest index within ``tol`` of the best) is the naive greedy's.
+    """
+    d, m = xt.shape
+    cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
+    near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
+    owner = np.zeros(m, dtype=np.int64)  # ... and that pick (the lowest index among equals)
+    taken = np.zeros(m, dtype=np.bool_)
+    row = np.empty(m, dtype=np.float64)
+    xj = np.empty(d, dtype=np.float64)
+    cand = np.empty(m, dtype=np.int64)
+    exact = np.empty(m, dtype=np.float64)
+    moved = np.empty(m, dtype=np.int64)  # the points whose best similarity rose, ...
+    lo = np.empty(m, dtype=np.float64)  # ... from ...
+    hi = np.empty(m, dtype=np.float64)  # ... to
+    acc = np.empty((4, _BLOCK), dtype=np.float64)
+    picks = np.empty(budget, dtype=np.int64)
+    largest = 0.0  # no gain ever exceeds the largest first gain (F is submodular)
+    for j in range(m):
+        largest = max(largest, g[j])
+    err += 4.0 * m * _EPS64 * largest  # the exact evaluations' own rounding
+    tol = 0.0
+    for step in range(budget):
+        lead = -1
+        for j in range(m):
+            if not taken[j] and (lead < 0 or g[j] > g[lead]):
+                lead = j
+        # at the first step tol is not known yet: twice its value from the kept gain
+        margin = 2.0 * _tie_tolerance(g[lead], m, eps) if step == 0 else tol
+        floor = g[lead] - margin - 2.0 * err
+        count = 0
+        best = -np.inf
+        for j in range(m):
+            if not taken[j] and g[j] >= floor:
+                cand[count] = j
+                exact[count] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
+                best = max(best, exact[count])
+                count += 1
+        if step == 0:
+            tol = _tie_tolerance(best, m, eps)
+        q = 0
+        while exact[q] < best - tol:
+            q += 1
+        pick = cand[q]
+        if q != count - 1:  # ``row`` holds the last candidate's similarities
+            _sim_row(xt, kind, top, pick, xj, row)
+        picks[step] = pick
+        gains[step] = exact[q]
+        taken[pick] = True
+        count = 0
+        for i in range(m):
+            if row[i] > cur[i]:
+                moved[count] = i
+                lo[count] = cur[i]
+                hi[count] = row[i]
+                # each correction rounds twice: below eps·(|g| + |Δ|) each, Δ ≤ hi − lo
+                err += 4.0 * _EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
+                count += 1
+        _take(row, pick, cur, near, owner)
+        if step + 1 < budget:
+            _correct(xt, kind, top, moved, lo, hi, count, g, acc)
+    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+
+
+def _correct(
+    xt: Array,
+    kind: int,
+    top: float,
+    moved: Array,
+    lo: Array,
+    hi: Array,
+    count: int,
+    g: Array,
+    acc: Array,
+) -> None:
+    """``g_j −= clamp(s(i, j), lo_i, hi_i) − lo_i`` for the ``count`` points ``i`` of ``moved``,
+    four rows at a time, in blocks of ``_BLOCK`` columns."""
+    d, m = xt.shape
+    ids = np.empty(4, dtype=np.int64)
+    reach = np.empty(4, dtype=np.float64)
+    for q0 in range(0, count, 4):
+        rows_here = min(4, count - q0)
+        for r in range(4):
+            q = q0 + min(r, rows_here - 1)  # a short group repeats its last row
+            ids[r] = moved[q]
+            reach[r] = _reach(kind, top, lo[q], d)
+        for c0 in range(0, m, _BLOCK):
+            width = min(_BLOCK, m - c0)
+            _raw_block(xt, ids, c0, width, kind, acc)
+            for r in range(rows_here):
+                q = q0 + r
+                _clamp_into(acc[r], width, kind, top, d, lo[q], hi[q], reach[r], g[c0:])
+
+
+def _reach(kind: int, top: float, lo: float, dim: int) -> float:
+    """A raw value (squared distance) at or above which ``s ≤ lo`` (kinds 0, 1), with a
+    margin for rounding; +inf where no such bound is used."""
+    if kind == 0:
+        radius = top - lo
+    elif kind == 1 and lo > 0.0:
+        radius = -dim * math.log(lo)
+    else:
+        return np.inf
+    return radius * radius * (1.0 + 1e-9) + 1e-300
+
+
+def _raw_block(xt: Array, ids: Array, c0: int, width: int, kind: int, acc: Array) -> None:
+    """``acc[r, c]`` for ``c < width``: :func:`_raw` of the point ``ids[r]`` and the point
+    ``c0 + c``, for the four rows ``r``, sharing each load of ``xt`` (the same operations in the
+    same order as :func:`_raw`)."""
+    d = xt.shape[0]
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    for c in range(width):
+        a0[c] = 0.0
+        a1[c] = 0.0
+        a2[c] = 0.0
+        a3[c] = 0.0
+    i0, i1, i2, i3 = ids[0], ids[1], ids[2], ids[3]
+    for t in range(0, d - 1, 2):
+        v0, v1, v2, v3 = xt[t, i0], xt[t, i1], xt[t, i2], xt[t, i3]
+        w0, w1, w2, w3 = xt[t + 1, i0], xt[t + 1, i1], xt[t + 1, i2], xt[t + 1, i3]
+        xs, ys = xt[t, c0 : c0 + width], xt[t + 1, c0 : c0 + width]
+        if kind == 2:
+            for c in range(width):
+                x, y = xs[c], ys[c]
+                a0[c] += v0 * x + w0 * y
+                a1[c] += v1 * x + w1 * y
+                a2[c] += v2 * x + w2 * y
+                a3[c] += v3 * x + w3 * y
+        else:
+            for c in range(width):
+                x, y = xs[c], ys[c]
+                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
+                f0, f1, f2, f3 = y - w0, y - w1, y - w2, y - w3
+                a0[c] += e0 * e0 + f0 * f0
+                a1[c] += e1 * e1 + f1 * f1
+                a2[c] += e2 * e2 + f2 * f2
+                a3[c] += e3 * e3 + f3 * f3
+    if d % 2:
+        t = d - 1
+        v0, v1, v2, v3 = xt[t, i0], xt[t, i1], xt[t, i2], xt[t, i3]
+        xs = xt[t, c0 : c0 + width]
+        if kind == 2:
+            for c in range(width):
+                x = xs[c]
+                a0[c] += v0 * x
+                a1[c] += v1 * x
+                a2[c] += v2 * x
+                a3[c] += v3 * x
+        else:
+            for c in range(width):
+                x = xs[c]
+                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
+                a0[c] += e0 * e0
+                a1[c] += e1 * e1
+                a2[c] += e2 * e2
+                a3[c] += e3 * e3
+
+
+def _clamp_into(
+    raw: Array,
+    width: int,
+    kind: int,
+    top: float,
+    dim: int,
+    lo: float,
+    hi: float,
+    reach: float,
+    g: Array,
+) -> None:
+    """``g[c] −= clamp(s, lo, hi) − lo`` for the similarities ``s`` of the raw values
+    ``raw[:width]`` (as :func:`_sim_row` computes them); values at or beyond ``reach`` give
+    ``s ≤ lo`` and are skipped."""
+    for c in range(width):
+        v = raw[c]
+        if kind == 2:
+            s = v
+        elif v >= reach:
+            continue
+        elif kind == 0:
+            s = top - math.sqrt(v)
+        else:
+            s = math.exp(-math.sqrt(v) / dim)
+        if s > lo:
+            g[c] -= min(s, hi) - lo

@@ -42,10 +42,8 @@ _CHUNK_ELEMENTS = 1 << 18
 _DENSE_MAX_ELEMENTS = 1 << 25
 # "auto" uses the naive dense greedy for problems up to this size, the incremental one above.
 _NAIVE_MAX_N = 128
-# "auto" runs the compiled lazy greedy up to this many points per problem (its n×n float64
-# similarity is 128 MB at this size, one problem at a time)
-_LAZY_MAX_N = 4096
-# ... and up to this many features (above, PyTorch's matrix products build the similarity faster)
+# "auto" runs the compiled greedy up to this many features (above, PyTorch's matrix products
+# compute distances faster)
 _LAZY_MAX_D = 64
 
 
@@ -115,18 +113,19 @@ def greedy_facility_location(
       the global RNG is never touched).
     * ``"lazy"``: exact, same picks as naive, compiled (needs numba: ``pip install
       'coreset-sampler[fast]'``; CPU tensors and named similarities only). All problems are
-      solved in one compiled call, one problem at a time, then the greedy with lazy evaluation
-      (a candidate's gain, ``O(n)``, is recomputed only while its stale upper bound can still
-      reach the best: on random 10-d data about ``n/4`` candidates per step at ``n = 50``,
-      ``n/20`` at ``n = 500`` to ``1280``). Up to 4096 points the ``n×n`` float64 similarity is
-      built first (each pair once, ``O(n²·d)``) and kept, ``O(n²)`` memory; above, similarity
-      rows are recomputed from the features for each evaluation, ``O(n·d)`` each and ``O(n·d)``
-      memory, which is slower than ``"incremental"`` at those sizes. No per-step PyTorch
-      overhead: the fastest method for CREST's many small problems. The first call in a process
-      compiles the kernel (a few seconds; cached on disk after that).
-    * ``"auto"``: on CPU with numba installed, lazy for ``n ≤ 4096`` and ``d ≤ 64`` (named
-      similarities, no ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size``
-      is given), else incremental.
+      solved in one compiled call, one problem at a time, in float64. Up to 2048 points the
+      ``n×n`` similarity is built first (each pair once, ``O(n²·d)``) and kept, ``O(n²)``
+      memory, then the greedy with lazy evaluation (a candidate's gain, ``O(n)``, is recomputed
+      only while its stale upper bound can still reach the best: on random 10-d data about
+      ``n/4`` candidates per step at ``n = 50``, ``n/20`` at ``n = 500`` to ``1280``). Above
+      2048 points nothing quadratic is stored: the greedy is incremental as above, similarity
+      rows recomputed from the features (``O(n·d)`` each, about ``6·n`` rows in all on random
+      10-d data), ``O(n·d)`` memory. No per-step PyTorch overhead: the fastest method for
+      CREST's many small problems, and for large ones with few features. The first call in a
+      process compiles the kernel (a few seconds; cached on disk after that).
+    * ``"auto"``: on CPU with numba installed, lazy for ``d ≤ 64`` (named similarities, no
+      ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else
+      incremental.
 
     Distances are computed from differences when ``d ≤ 32`` and through a float64 matrix
     product above, never from a float32 ``‖a‖² + ‖b‖² − 2ab``, whose rounding changes picks.
@@ -210,7 +209,6 @@ def _lazy_fits(
         and chunk_size is None
         and features.device.type == "cpu"
         and features.dim() >= 2
-        and features.shape[-2] <= _LAZY_MAX_N
         and features.shape[-1] <= _LAZY_MAX_D
         and _lazy.available()
     )
