@@ -555,7 +555,8 @@ def test_lazy_kernel_uncompiled_equals_reference(similarity: str, matrix_max: in
     # called as Python (its helpers are compiled once numba has been used in this process)
     code = _lazy._KINDS[similarity]
     args = (indices, gains, weights, cover)
-    assert _lazy._solve_all(feats, mask, k, code, 2.0**-52, matrix_max, *args) == -1
+    later = np.zeros(3, dtype=bool)
+    assert _lazy._solve_all(feats, mask, k, code, 2.0**-52, matrix_max, later, *args) == -1
     check_lazy_kernel_output(similarity, x, mask, k, args)
 
 
@@ -627,6 +628,41 @@ def test_lazy_kernel_separates_near_ties_like_the_reference(matrix_max: int) -> 
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_with_threads_gives_the_same_result(similarity: str) -> None:
+    """Problems above matrix_max split over threads: the same picks, gains, cluster sizes and
+    coverage as with one thread, problems below it untouched by the split."""
+    feats = rng_features(19, 4, 600, 3).numpy().copy()
+    if similarity == "cosine":
+        feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    mask = np.ones((4, 600), dtype=bool)
+    mask[1, 250:] = False  # below matrix_max: solved in the single kernel call
+    mask[2, ::5] = False
+    k = np.array([40, 25, 70, 1])
+    one = _lazy.solve(feats, mask, k, 70, similarity, 2.0**-52, matrix_max=300)
+    for threads in (2, 3):
+        split = _lazy.solve(feats, mask, k, 70, similarity, 2.0**-52, 300, threads)
+        assert split[4] == one[4] == -1
+        for a, b in zip(one[:4], split[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+    for b in (0, 2):  # and the reference's picks
+        keep = np.flatnonzero(mask[b])
+        selected, _, _ = naive_greedy(similarity_matrix(feats[b][keep], similarity), int(k[b]))
+        assert one[0][b, : k[b]].tolist() == keep[selected].tolist()
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_lazy_kernel_with_threads_reports_the_first_non_finite_row() -> None:
+    feats = np.ones((3, 8, 2))
+    mask = np.ones((3, 8), dtype=bool)
+    mask[0, 3:] = False  # problem 0 below matrix_max, problems 1 and 2 above
+    feats[2, 1, 0] = np.nan
+    feats[1, 6, 1] = -np.inf
+    *_, bad = _lazy.solve(feats, mask, np.array([2, 2, 2]), 2, "neg_distance", 0.1, 4, 2)
+    assert bad == 1 * 8 + 6
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
     feats = np.ones((2, 6, 3))
     mask = np.ones((2, 6), dtype=bool)
@@ -647,9 +683,10 @@ def test_auto_uses_the_lazy_kernel_on_cpu(monkeypatch: pytest.MonkeyPatch) -> No
     calls: list[tuple[int, ...]] = []
     solve = _lazy.solve
 
-    def spy(feats: np.ndarray, *args: object) -> object:
+    def spy(feats: np.ndarray, *args: object, **kwargs: object) -> object:
         calls.append(feats.shape)
-        return solve(feats, *args)  # type: ignore[arg-type]
+        assert kwargs == {"threads": torch.get_num_threads()}
+        return solve(feats, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_lazy, "solve", spy)
     x = rng_features(3, 50, 50, 10).float()

@@ -33,6 +33,9 @@ numba is imported on first use; :func:`available` says whether it can be.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -52,8 +55,9 @@ _EPS64 = 2.0**-52
 _REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
 _HELPERS = (
     "_raw", "_raw4", "_sqrt_max", "_finish", "_similarity", "_gain", "_gain_at", "_tie_tolerance",
-    "_take", "_finish_problem", "_greedy", "_first_gains", "_sim_row", "_reach", "_raw_block",
-    "_clamp_into", "_correct", "_incremental",
+    "_take", "_finish_problem", "_greedy", "_first_gains", "_pair_sums", "_gains_from_sums",
+    "_sim_row", "_buffers", "_step", "_reach", "_raw_block", "_clamp_into", "_correct",
+    "_incremental",
 )  # fmt: skip
 _kernel: Any = None
 _import_error: BaseException | None = None
@@ -76,36 +80,103 @@ def solve(
     kind: str,
     eps: float,
     matrix_max: int = _MATRIX_MAX,
+    threads: int = 1,
 ) -> tuple[Array, Array, Array, Array, int]:
     """Greedy facility location on every problem of ``feats`` ``[B, n, d]``.
 
     ``mask`` ``[B, n]`` bool, ``k`` ``[B]`` int64 budgets (each at most its valid count), ``kind``
     a similarity name (``"cosine"`` features already normalised), ``eps`` the machine epsilon of
     the working dtype (for the tie tolerance), ``matrix_max`` the largest problem whose
-    similarity matrix is stored. Returns ``indices`` ``[B, kmax]`` int64 (−1 past a budget),
-    ``gains`` ``[B, kmax]``, ``weights`` ``[B, kmax]`` (cluster sizes), ``cover`` ``[B, n]``
-    (each valid point's term of the objective), all float64, and ``bad``: −1, or ``b·n + i``
-    for the first valid row with a non-finite value (then nothing was solved).
+    similarity matrix is stored, ``threads`` how many threads a larger problem's passes over
+    its points are split over (a pool made for this call; smaller problems use one thread).
+    Returns ``indices`` ``[B, kmax]`` int64 (−1 past a budget), ``gains`` ``[B, kmax]``,
+    ``weights`` ``[B, kmax]`` (cluster sizes), ``cover`` ``[B, n]`` (each valid point's term of
+    the objective), all float64, and ``bad``: −1, or ``b·n + i`` for the first valid row with a
+    non-finite value (then nothing was solved).
     """
     kernel = _compiled()
     batch, n, _ = feats.shape
+    feats = np.ascontiguousarray(feats, dtype=np.float64)
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    k = np.ascontiguousarray(k, dtype=np.int64)
     indices = np.full((batch, kmax), -1, dtype=np.int64)
     gains = np.zeros((batch, kmax), dtype=np.float64)
     weights = np.zeros((batch, kmax), dtype=np.float64)
     cover = np.zeros((batch, n), dtype=np.float64)
+    # problems left to the threaded loop below (the kernel still checks their values)
+    later = mask.sum(1) > matrix_max if threads > 1 else np.zeros(batch, dtype=np.bool_)
+    code = _KINDS[kind]
     bad = kernel(
-        np.ascontiguousarray(feats, dtype=np.float64),
-        np.ascontiguousarray(mask, dtype=np.bool_),
-        np.ascontiguousarray(k, dtype=np.int64),
-        _KINDS[kind],
-        float(eps),
-        int(matrix_max),
-        indices,
-        gains,
-        weights,
-        cover,
+        feats, mask, k, code, float(eps), int(matrix_max), later, indices, gains, weights, cover
     )
+    if bad < 0 and later.any():
+        with ThreadPoolExecutor(threads - 1, thread_name_prefix="coreset_sampler") as pool:
+            for b in np.flatnonzero(later):
+                rows = np.flatnonzero(mask[b])
+                xt = np.ascontiguousarray(feats[b, rows].T)
+                _incremental_threads(
+                    xt, code, int(k[b]), float(eps), rows, indices[b], gains[b], weights[b],
+                    cover[b], pool, threads,
+                )  # fmt: skip
     return indices, gains, weights, cover, int(bad)
+
+
+def _incremental_threads(
+    xt: Array,
+    kind: int,
+    budget: int,
+    eps: float,
+    rows: Array,
+    indices: Array,
+    gains: Array,
+    weights: Array,
+    cover: Array,
+    pool: ThreadPoolExecutor,
+    threads: int,
+) -> None:
+    """:func:`_first_gains` and :func:`_incremental` with their passes over the points split
+    over ``threads`` threads (this one and the pool's): the first gains' rows in parts of equal
+    pair counts, each step's corrections by columns. The compiled functions release the GIL.
+    The picks and gains are the same as with one thread."""
+    m = xt.shape[1]
+    cuts = [0] + [min(m, int(m * math.sqrt(t / threads))) for t in range(1, threads)] + [m]
+    sums = np.zeros((threads, m), dtype=np.float64)
+    tops = _run(
+        pool,
+        [partial(_pair_sums, xt, kind, cuts[t], cuts[t + 1], sums[t]) for t in range(threads)],
+    )
+    top = max(tops)
+    g, err = _gains_from_sums(sums.sum(0), top, kind)
+    state = _buffers(g, err, budget)
+    cur, near, owner, taken, row, cand, exact, moved, lo, hi, picks, scalars = state
+    width = -(-m // threads)
+    width = -(-width // _BLOCK) * _BLOCK  # whole blocks per thread
+    tasks = []
+    for start in range(0, m, width):
+        acc = np.empty((4, _BLOCK), dtype=np.float64)
+        tasks.append((acc, start, min(m, start + width)))
+    for step in range(budget):
+        count = _step(
+            xt, kind, top, eps, step, g, gains, cur, near, owner, taken, row, cand, exact,
+            moved, lo, hi, picks, scalars,
+        )  # fmt: skip
+        if step + 1 < budget and count > 0:
+            _run(
+                pool,
+                [
+                    partial(_correct, xt, kind, top, moved, lo, hi, count, g, acc, start, stop)
+                    for acc, start, stop in tasks
+                ],
+            )
+    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+
+
+def _run(pool: ThreadPoolExecutor, tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``tasks[1:]`` on the pool and ``tasks[0]`` in this thread; their results in order."""
+    futures = [pool.submit(task) for task in tasks[1:]]
+    results = [tasks[0]()]
+    results.extend(future.result() for future in futures)
+    return results
 
 
 def _compiled() -> Any:
@@ -149,13 +220,15 @@ def _solve_all(
     kind: int,
     eps: float,
     matrix_max: int,
+    later: Array,
     indices: Array,
     gains: Array,
     weights: Array,
     cover: Array,
 ) -> int:
-    """Solve every problem; return −1, or ``b·n + i`` for the first valid row ``i`` of problem
-    ``b`` with a non-finite value (then the outputs are incomplete)."""
+    """Solve every problem but those flagged ``later`` (whose values are checked all the same);
+    return −1, or ``b·n + i`` for the first valid row ``i`` of problem ``b`` with a non-finite
+    value (then the outputs are incomplete)."""
     batch, n, d = feats.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
@@ -176,6 +249,8 @@ def _solve_all(
                 for t in range(d):
                     if not math.isfinite(xt[t, a]):
                         return int(b * n + rows[a])
+        if later[b]:
+            continue
         if m <= matrix_max:
             sim, first = _similarity(xt, kind, eps)
             _greedy(
@@ -320,19 +395,27 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
 
 def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
     """Without a matrix: every first gain ``Σ_i max(s(i, j), 0)``, the largest distance and a
-    bound of the gains' rounding error, in one pass over the pairs (each pair once, four rows
-    at a time)."""
-    d, m = xt.shape
+    bound of the gains' rounding error, in one pass over the pairs (each pair once)."""
+    m = xt.shape[1]
+    sums = np.zeros(m, dtype=np.float64)
+    top = _pair_sums(xt, kind, 0, m, sums)
+    gains, err = _gains_from_sums(sums, top, kind)
+    return gains, top, err
+
+
+def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> float:
+    """Add to ``sums[j]`` the terms of the first gains (distances for kind 0, ``max(s, 0)``
+    otherwise) of the pairs ``(i, c)``, ``c ≤ i``, of the rows ``start ≤ i < stop``, four rows
+    at a time; returns the largest distance among them (kinds 0, 1)."""
+    d = xt.shape[0]
     acc = np.empty((4, _BLOCK), dtype=np.float64)
     ids = np.empty(4, dtype=np.int64)
-    sums = np.zeros(m, dtype=np.float64)  # Σ_i d_ij (kinds 0, 1: of s_ij for kind 1)
     top = 0.0
-    for i0 in range(0, m, 4):
+    for i0 in range(start, stop, 4):
+        end = min(stop, i0 + 4)
         for r in range(4):
-            ids[r] = min(i0 + r, m - 1)  # a short group repeats its last row
-        # the columns c ≤ i of each row i: up to the group's last row
-        end = min(m, i0 + 4)
-        for c0 in range(0, end, _BLOCK):
+            ids[r] = min(i0 + r, end - 1)  # a short group repeats its last row
+        for c0 in range(0, end, _BLOCK):  # the columns c ≤ i, up to the group's last row
             width = min(_BLOCK, end - c0)
             _raw_block(xt, ids, c0, width, kind, acc)
             for r in range(end - i0):
@@ -357,6 +440,13 @@ def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
                 if c0 <= i < c0 + width:
                     total -= a[i - c0]
                 sums[i] += total
+    return top
+
+
+def _gains_from_sums(sums: Array, top: float, kind: int) -> tuple[Array, float]:
+    """The first gains from :func:`_pair_sums`' sums, and a bound of their rounding error
+    (whatever order the sums were added in)."""
+    m = sums.shape[0]
     gains = np.empty(m, dtype=np.float64)
     err = 0.0
     for j in range(m):
@@ -366,7 +456,7 @@ def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
         else:  # a sum of m nonnegative terms: relative error below m·eps
             gains[j] = sums[j]
             err = max(err, 4.0 * m * _EPS64 * sums[j])
-    return gains, top, err
+    return gains, err
 
 
 def _gain(row: Array, cur: Array) -> float:
@@ -514,73 +604,123 @@ def _incremental(
     cover: Array,
 ) -> None:
     """The incremental greedy from the first gains ``g`` (corrected in place; ``err`` bounds
-    their rounding error); writes the problem's outputs.
-
-    The kept gains round differently from an exact evaluation, so each step evaluates exactly
-    (:func:`_gain` of a recomputed row, as the lazy greedy does) every candidate whose kept gain
-    is within ``tol + 2·err`` of the largest one, ``err`` a running bound of the kept gains'
-    error: a candidate left out is more than ``tol`` below the best exact gain, so the pick
-    (the lowest index within ``tol`` of the best) is the naive greedy's.
-    """
-    d, m = xt.shape
-    cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
-    near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
-    owner = np.zeros(m, dtype=np.int64)  # ... and that pick (the lowest index among equals)
-    taken = np.zeros(m, dtype=np.bool_)
-    row = np.empty(m, dtype=np.float64)
-    xj = np.empty(d, dtype=np.float64)
-    cand = np.empty(m, dtype=np.int64)
-    exact = np.empty(m, dtype=np.float64)
-    moved = np.empty(m, dtype=np.int64)  # the points whose best similarity rose, ...
-    lo = np.empty(m, dtype=np.float64)  # ... from ...
-    hi = np.empty(m, dtype=np.float64)  # ... to
+    their rounding error); writes the problem's outputs. (:func:`_incremental_threads` is the
+    same loop with the corrections split over threads.)"""
+    m = xt.shape[1]
+    state = _buffers(g, err, budget)
+    cur, near, owner, taken, row, cand, exact, moved, lo, hi, picks, scalars = state
     acc = np.empty((4, _BLOCK), dtype=np.float64)
-    picks = np.empty(budget, dtype=np.int64)
+    for step in range(budget):
+        count = _step(
+            xt, kind, top, eps, step, g, gains, cur, near, owner, taken, row, cand, exact,
+            moved, lo, hi, picks, scalars,
+        )  # fmt: skip
+        if step + 1 < budget:
+            _correct(xt, kind, top, moved, lo, hi, count, g, acc, 0, m)
+    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+
+
+def _buffers(
+    g: Array, err: float, budget: int
+) -> tuple[Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array]:
+    """The incremental greedy's state for ``m = len(g)`` points (see :func:`_step`)."""
+    m = g.shape[0]
     largest = 0.0  # no gain ever exceeds the largest first gain (F is submodular)
     for j in range(m):
         largest = max(largest, g[j])
-    err += 4.0 * m * _EPS64 * largest  # the exact evaluations' own rounding
-    tol = 0.0
-    for step in range(budget):
-        lead = -1
-        for j in range(m):
-            if not taken[j] and (lead < 0 or g[j] > g[lead]):
-                lead = j
-        # at the first step tol is not known yet: twice its value from the kept gain
-        margin = 2.0 * _tie_tolerance(g[lead], m, eps) if step == 0 else tol
-        floor = g[lead] - margin - 2.0 * err
-        count = 0
-        best = -np.inf
-        for j in range(m):
-            if not taken[j] and g[j] >= floor:
-                cand[count] = j
-                exact[count] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
-                best = max(best, exact[count])
-                count += 1
-        if step == 0:
-            tol = _tie_tolerance(best, m, eps)
-        q = 0
-        while exact[q] < best - tol:
-            q += 1
-        pick = cand[q]
-        if q != count - 1:  # ``row`` holds the last candidate's similarities
-            _sim_row(xt, kind, top, pick, xj, row)
-        picks[step] = pick
-        gains[step] = exact[q]
-        taken[pick] = True
-        count = 0
-        for i in range(m):
-            if row[i] > cur[i]:
-                moved[count] = i
-                lo[count] = cur[i]
-                hi[count] = row[i]
-                # each correction rounds twice: below eps·(|g| + |Δ|) each, Δ ≤ hi − lo
-                err += 4.0 * _EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
-                count += 1
-        _take(row, pick, cur, near, owner)
-        if step + 1 < budget:
-            _correct(xt, kind, top, moved, lo, hi, count, g, acc)
-    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+    scalars = np.empty(3, dtype=np.float64)
+    scalars[0] = err + 4.0 * m * _EPS64 * largest  # and the exact evaluations' own rounding
+    scalars[1] = 0.0  # tol, set at the first step
+    scalars[2] = largest
+    return (
+        np.zeros(m, dtype=np.float64),  # cur: the floor, negative similarities count as 0
+        np.full(m, -np.inf),  # near: each point's largest similarity to a pick (no floor) ...
+        np.zeros(m, dtype=np.int64),  # owner: ... and that pick (the lowest index among equals)
+        np.zeros(m, dtype=np.bool_),  # taken
+        np.empty(m, dtype=np.float64),  # row: similarities of the last evaluated candidate
+        np.empty(m, dtype=np.int64),  # cand: the candidates evaluated exactly ...
+        np.empty(m, dtype=np.float64),  # exact: ... and their gains
+        np.empty(m, dtype=np.int64),  # moved: the points whose best similarity rose, ...
+        np.empty(m, dtype=np.float64),  # lo: ... from ...
+        np.empty(m, dtype=np.float64),  # hi: ... to
+        np.empty(budget, dtype=np.int64),  # picks
+        scalars,  # err (a bound of the kept gains' error), tol, the largest first gain
+    )
+
+
+def _step(
+    xt: Array,
+    kind: int,
+    top: float,
+    eps: float,
+    step: int,
+    g: Array,
+    gains: Array,
+    cur: Array,
+    near: Array,
+    owner: Array,
+    taken: Array,
+    row: Array,
+    cand: Array,
+    exact: Array,
+    moved: Array,
+    lo: Array,
+    hi: Array,
+    picks: Array,
+    scalars: Array,
+) -> int:
+    """One step of the incremental greedy: the pick, its gain, and the points whose best
+    similarity it raised (``moved``, from ``lo`` to ``hi``: their count is returned), whose
+    corrections to ``g`` are left to the caller.
+
+    The kept gains ``g`` round differently from an exact evaluation, so the step evaluates
+    exactly (:func:`_gain` of a recomputed row, as the lazy greedy does) every candidate whose
+    kept gain is within ``tol + 2·err`` of the largest one, ``err`` a running bound of the kept
+    gains' error: a candidate left out is more than ``tol`` below the best exact gain, so the
+    pick (the lowest index within ``tol`` of the best) is the naive greedy's.
+    """
+    d, m = xt.shape
+    err, tol, largest = scalars[0], scalars[1], scalars[2]
+    xj = np.empty(d, dtype=np.float64)
+    lead = -1
+    for j in range(m):
+        if not taken[j] and (lead < 0 or g[j] > g[lead]):
+            lead = j
+    # at the first step tol is not known yet: twice its value from the kept gain
+    margin = 2.0 * _tie_tolerance(g[lead], m, eps) if step == 0 else tol
+    floor = g[lead] - margin - 2.0 * err
+    count = 0
+    best = -np.inf
+    for j in range(m):
+        if not taken[j] and g[j] >= floor:
+            cand[count] = j
+            exact[count] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
+            best = max(best, exact[count])
+            count += 1
+    if step == 0:
+        tol = _tie_tolerance(best, m, eps)
+    q = 0
+    while exact[q] < best - tol:
+        q += 1
+    pick = cand[q]
+    if q != count - 1:  # ``row`` holds the last candidate's similarities
+        _sim_row(xt, kind, top, pick, xj, row)
+    picks[step] = pick
+    gains[step] = exact[q]
+    taken[pick] = True
+    count = 0
+    for i in range(m):
+        if row[i] > cur[i]:
+            moved[count] = i
+            lo[count] = cur[i]
+            hi[count] = row[i]
+            # each correction rounds twice: below eps·(|g| + |Δ|) each, Δ ≤ hi − lo
+            err += 4.0 * _EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
+            count += 1
+    _take(row, pick, cur, near, owner)
+    scalars[0] = err
+    scalars[1] = tol
+    return count
 
 
 def _correct(
@@ -593,10 +733,13 @@ def _correct(
     count: int,
     g: Array,
     acc: Array,
+    start: int,
+    stop: int,
 ) -> None:
-    """``g_j −= clamp(s(i, j), lo_i, hi_i) − lo_i`` for the ``count`` points ``i`` of ``moved``,
-    four rows at a time, in blocks of ``_BLOCK`` columns."""
-    d, m = xt.shape
+    """``g_j −= clamp(s(i, j), lo_i, hi_i) − lo_i`` for the ``count`` points ``i`` of ``moved``
+    and the columns ``start ≤ j < stop``, four rows at a time, in blocks of ``_BLOCK`` columns
+    (each ``g_j`` gets its corrections in the same order however the columns are split)."""
+    d = xt.shape[0]
     ids = np.empty(4, dtype=np.int64)
     reach = np.empty(4, dtype=np.float64)
     for q0 in range(0, count, 4):
@@ -605,8 +748,8 @@ def _correct(
             q = q0 + min(r, rows_here - 1)  # a short group repeats its last row
             ids[r] = moved[q]
             reach[r] = _reach(kind, top, lo[q], d)
-        for c0 in range(0, m, _BLOCK):
-            width = min(_BLOCK, m - c0)
+        for c0 in range(start, stop, _BLOCK):
+            width = min(_BLOCK, stop - c0)
             _raw_block(xt, ids, c0, width, kind, acc)
             for r in range(rows_here):
                 q = q0 + r

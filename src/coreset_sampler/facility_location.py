@@ -233,6 +233,7 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
         p.kmax,
         p.kind,
         torch.finfo(p.dtype).eps,
+        threads=torch.get_num_threads(),
     )
     if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
         row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
