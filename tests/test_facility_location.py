@@ -573,17 +573,19 @@ def test_lazy_kernel_without_a_matrix_equals_reference(similarity: str) -> None:
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
-def test_lazy_kernel_on_ties_and_duplicates(matrix_max: int) -> None:
-    """Duplicated points give exactly equal gains: the lowest index wins, in both modes."""
+@pytest.mark.parametrize("similarity", ["neg_distance", "exp"])
+def test_lazy_kernel_on_ties_and_duplicates(similarity: str, matrix_max: int) -> None:
+    """Duplicated points give equal gains (up to the last bits of exp): the lowest index wins,
+    in both modes."""
     base = rng_features(11, 1, 30, 3)[0].numpy().astype(np.float64)
     feats = np.concatenate([base, base[::-1], base[:5]])[None]  # every point at least twice
     mask = np.ones(feats.shape[:2], dtype=bool)
     k = np.array([12])
     indices, gains, weights, _, bad = _lazy.solve(
-        feats, mask, k, 12, "neg_distance", 2.0**-52, matrix_max=matrix_max
+        feats, mask, k, 12, similarity, 2.0**-52, matrix_max=matrix_max
     )
     assert bad == -1
-    sim = similarity_matrix(feats[0], "neg_distance")
+    sim = similarity_matrix(feats[0], similarity)
     selected, ref_gains, _ = naive_greedy(sim, 12)
     assert indices[0].tolist() == selected
     np.testing.assert_allclose(gains[0], ref_gains, rtol=1e-12)
@@ -649,6 +651,28 @@ def test_lazy_kernel_with_threads_gives_the_same_result(similarity: str) -> None
         keep = np.flatnonzero(mask[b])
         selected, _, _ = naive_greedy(similarity_matrix(feats[b][keep], similarity), int(k[b]))
         assert one[0][b, : k[b]].tolist() == keep[selected].tolist()
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_lazy_kernel_splits_a_batch_over_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch cut into runs of problems, one per thread: the same outputs as one call, and
+    the first non-finite row of the whole batch reported, whichever part it is in."""
+    feats = rng_features(23, 7, 40, 3).numpy().copy()
+    mask = np.ones((7, 40), dtype=bool)
+    mask[2, 30:] = False
+    mask[5, ::3] = False
+    k = np.array([5, 9, 3, 13, 1, 8, 6])
+    one = _lazy.solve(feats, mask, k, 13, "neg_distance", 2.0**-52)
+    monkeypatch.setattr(_lazy, "_SPLIT_MIN_WORK", 0)
+    for threads in (2, 3, 8):
+        split = _lazy.solve(feats, mask, k, 13, "neg_distance", 2.0**-52, threads=threads)
+        assert split[4] == -1
+        for a, b in zip(one[:4], split[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+    feats[6, 0, 1] = np.nan
+    feats[4, 39, 0] = np.inf
+    *_, bad = _lazy.solve(feats, mask, k, 13, "neg_distance", 2.0**-52, threads=3)
+    assert bad == 4 * 40 + 39
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
