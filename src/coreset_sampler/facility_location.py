@@ -120,9 +120,12 @@ def greedy_facility_location(
       ``n/4`` candidates per step at ``n = 50``, ``n/20`` at ``n = 500`` to ``1280``). Above
       2048 points nothing quadratic is stored: the greedy is incremental as above, similarity
       rows recomputed from the features (``O(n·d)`` each, about ``6·n`` rows in all on random
-      10-d data), ``O(n·d)`` memory. No per-step PyTorch overhead: the fastest method for
-      CREST's many small problems, and for large ones with few features. The first call in a
-      process compiles the kernel (a few seconds; cached on disk after that).
+      10-d data), ``O(n·d)`` memory. With ``torch.get_num_threads() > 1``, a batch with
+      enough work (about 1.5 ms) is split over that many threads, as are the passes of a
+      problem above 2048 points (threads made for the call; the result does not depend on
+      them). No per-step PyTorch overhead: the fastest method for CREST's many small problems,
+      and for large ones with few features. The first call in a process compiles the kernel (a
+      few seconds; cached on disk after that).
     * ``"auto"``: on CPU with numba installed, lazy for ``d ≤ 64`` (named similarities, no
       ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else
       incremental.
