@@ -32,11 +32,12 @@ def similarity_matrix(x: np.ndarray, kind: str) -> np.ndarray:
         return dist.max() - dist
     if kind == "exp":
         return np.exp(-dist / x.shape[1])
+    # products summed per pair in one order (a BLAS product may round equal columns differently)
     if kind == "cosine":
         unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-        return unit @ unit.T
+        return (unit[:, None, :] * unit[None, :, :]).sum(-1)
     if kind == "dot":
-        return x @ x.T
+        return (x[:, None, :] * x[None, :, :]).sum(-1)
     raise AssertionError(kind)
 
 
@@ -684,6 +685,48 @@ def test_lazy_kernel_with_threads_reports_the_first_non_finite_row() -> None:
     feats[1, 6, 1] = -np.inf
     *_, bad = _lazy.solve(feats, mask, np.array([2, 2, 2]), 2, "neg_distance", 0.1, 4, 2)
     assert bad == 1 * 8 + 6
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_past_the_last_positive_gain(similarity: str, matrix_max: int) -> None:
+    """300 points at 10 places, 40 picks: after the tenth every gain is 0 and the picks go to
+    the lowest indices left (the incremental greedy then reuses exact gains: nothing moves)."""
+    places = rng_features(29, 10, 4).numpy()
+    feats = places[np.random.default_rng(30).integers(0, 10, 300)][None]
+    if similarity == "cosine":
+        feats = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    mask = np.ones((1, 300), dtype=bool)
+    *out, bad = _lazy.solve(feats, mask, np.array([40]), 40, similarity, 2.0**-52, matrix_max)
+    assert bad == -1
+    check_lazy_kernel_output(
+        similarity,
+        torch.from_numpy(feats),
+        mask,
+        np.array([40]),
+        tuple(out),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("similarity", ["neg_distance", "dot"])
+def test_lazy_kernel_rejects_features_too_large_for_float64(similarity: str) -> None:
+    """Squared distances or dot products of such points overflow: an error naming the
+    problem, never a pick read from garbage (both paths, one and two threads)."""
+    feats = rng_features(31, 3, 40, 2).numpy().copy()
+    feats[1] *= 1e200
+    mask = np.ones((3, 40), dtype=bool)
+    k = np.array([5, 5, 5])
+    for matrix_max, threads in ((_lazy._MATRIX_MAX, 1), (0, 1), (0, 2)):
+        *_, bad = _lazy.solve(feats, mask, k, 5, similarity, 2.0**-52, matrix_max, threads)
+        assert bad == -2 - 1
+    x = torch.from_numpy(feats)
+    with pytest.raises(ValueError, match=r"features of problem 1 are too large for float64"):
+        greedy_facility_location(x, 5, similarity=similarity)
+    feats[2, 3, 0] = np.nan  # a non-finite value in a later problem does not hide it
+    *_, bad = _lazy.solve(feats, mask, k, 5, similarity, 2.0**-52)
+    assert bad == -2 - 1
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")

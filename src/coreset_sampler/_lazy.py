@@ -58,6 +58,9 @@ _BLOCK = 512
 _SPLIT_MIN_WORK = 4_000_000
 # the kernel computes in float64 whatever the input's dtype: its rounding bounds use this
 _EPS64 = 2.0**-52
+# ... and a point's squared norm must stay below this, so that no squared distance (at most 4×),
+# dot product or sum of m of them overflows
+_NORM_MAX = 1e300
 # helpers whose loops are reductions: reassociation lets them vectorise
 _REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
 _HELPERS = (
@@ -97,8 +100,9 @@ def solve(
     similarity matrix is stored, ``threads`` how many threads the work may be split over (see
     below). Returns ``indices`` ``[B, kmax]`` int64 (−1 past a budget), ``gains``
     ``[B, kmax]``, ``weights`` ``[B, kmax]`` (cluster sizes), ``cover`` ``[B, n]`` (each valid
-    point's term of the objective), all float64, and ``bad``: −1, or ``b·n + i`` for the first
-    valid row with a non-finite value (then the outputs are incomplete).
+    point's term of the objective), all float64, and ``bad``: −1, or (then the outputs are
+    incomplete) ``b·n + i`` for the first valid row with a non-finite value, or ``−2 − b`` when
+    problem ``b``'s points are too large for float64 similarities (see :func:`_solve_all`).
 
     With ``threads > 1``, a batch with enough work (``_SPLIT_MIN_WORK``) is cut into
     consecutive runs of problems of about equal work, one per thread, and each problem above
@@ -136,12 +140,13 @@ def solve(
                 feats[sl], mask[sl], k[sl], code, float(eps), int(matrix_max), later[sl],
                 indices[sl], gains[sl], weights[sl], cover[sl],
             )  # fmt: skip
-            return int(bad) + start * n if bad >= 0 else -1
+            return -1 if bad == -1 else int(bad) + start * n if bad >= 0 else int(bad) - start
 
         cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, parts) / parts).tolist(), batch]
-        found = [b for b in _run(None, [partial(part, a, b) for a, b in pairwise(cuts)]) if b >= 0]
-        bad = min(found, default=-1)
-    if bad < 0 and later.any():
+        found = [b for b in _run(None, [partial(part, a, b) for a, b in pairwise(cuts)]) if b != -1]
+        # the error of the first problem with one
+        bad = min(found, key=lambda code: code // n if code >= 0 else -2 - code, default=-1)
+    if bad == -1 and later.any():
         with ThreadPoolExecutor(threads - 1, thread_name_prefix="coreset_sampler") as pool:
             for b in np.flatnonzero(later):
                 rows = np.flatnonzero(mask[b])
@@ -182,7 +187,7 @@ def _incremental_threads(
     state = _buffers(g, err, budget)
     cur, near, owner, taken, row, cand, exact, moved, lo, hi, picks, scalars = state
     width = -(-m // threads)
-    width = -(-width // _BLOCK) * _BLOCK  # whole blocks per thread
+    width = -(-width // 8) * 8  # (any split gives the same gains: each column's own order)
     tasks = []
     for start in range(0, m, width):
         acc = np.empty((4, _BLOCK), dtype=np.float64)
@@ -279,8 +284,9 @@ def _solve_all(
     cover: Array,
 ) -> int:
     """Solve every problem but those flagged ``later`` (whose values are checked all the same);
-    return −1, or ``b·n + i`` for the first valid row ``i`` of problem ``b`` with a non-finite
-    value (then the outputs are incomplete)."""
+    return −1, or (then the outputs are incomplete) ``b·n + i`` for the first valid row ``i``
+    of problem ``b`` with a non-finite value, or ``−2 − b`` for a problem ``b`` whose points
+    are too large for float64 similarities (a squared norm above ``_NORM_MAX``)."""
     batch, n, d = feats.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
@@ -291,16 +297,22 @@ def _solve_all(
                 m += 1
         xt = np.empty((d, m), dtype=np.float64)  # by column: the inner loops run over points
         probe = 0.0  # NaN once any value is NaN or infinite (x · 0)
+        norm = 0.0  # the largest squared norm of a point
         for a in range(m):
+            square = 0.0
             for t in range(d):
                 value = feats[b, rows[a], t]
                 xt[t, a] = value
                 probe += value * 0.0
+                square += value * value
+            norm = max(norm, square)
         if probe != probe:
             for a in range(m):
                 for t in range(d):
                     if not math.isfinite(xt[t, a]):
                         return int(b * n + rows[a])
+        if not norm <= _NORM_MAX:
+            return -2 - b
         if later[b]:
             continue
         if m <= matrix_max:
@@ -693,8 +705,8 @@ def _buffers(
         np.zeros(m, dtype=np.int64),  # owner: ... and that pick (the lowest index among equals)
         np.zeros(m, dtype=np.bool_),  # taken
         np.empty(m, dtype=np.float64),  # row: similarities of the last evaluated candidate
-        np.empty(m, dtype=np.int64),  # cand: the candidates evaluated exactly ...
-        np.empty(m, dtype=np.float64),  # exact: ... and their gains
+        np.empty(m, dtype=np.int64),  # cand: the candidates near the largest kept gain
+        np.zeros(m, dtype=np.bool_),  # exact: whether g[j] is exact (no correction since)
         np.empty(m, dtype=np.int64),  # moved: the points whose best similarity rose, ...
         np.empty(m, dtype=np.float64),  # lo: ... from ...
         np.empty(m, dtype=np.float64),  # hi: ... to
@@ -732,7 +744,9 @@ def _step(
     exactly (:func:`_gain` of a recomputed row, as the lazy greedy does) every candidate whose
     kept gain is within ``tol + 2·err`` of the largest one, ``err`` a running bound of the kept
     gains' error: a candidate left out is more than ``tol`` below the best exact gain, so the
-    pick (the lowest index within ``tol`` of the best) is the naive greedy's.
+    pick (the lowest index within ``tol`` of the best) is the naive greedy's. An evaluated gain
+    is written into ``g`` and flagged ``exact`` until the next correction (a step that moves no
+    point, as once every gain is 0, corrects nothing), so it is not evaluated again.
     """
     d, m = xt.shape
     err, tol, largest = scalars[0], scalars[1], scalars[2]
@@ -746,22 +760,27 @@ def _step(
     floor = g[lead] - margin - 2.0 * err
     count = 0
     best = -np.inf
+    in_row = -1  # the candidate whose similarities ``row`` holds
     for j in range(m):
-        if not taken[j] and g[j] >= floor:
+        # (``lead`` always: a NaN floor must not leave the step without a candidate)
+        if not taken[j] and (g[j] >= floor or j == lead):
+            if not exact[j]:  # (else evaluated since the last correction: still exact)
+                g[j] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
+                exact[j] = True
+                in_row = j
             cand[count] = j
-            exact[count] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
-            best = max(best, exact[count])
+            best = max(best, g[j])
             count += 1
     if step == 0:
         tol = _tie_tolerance(best, m, eps)
     q = 0
-    while exact[q] < best - tol:
+    while g[cand[q]] < best - tol and q + 1 < count:
         q += 1
     pick = cand[q]
-    if q != count - 1:  # ``row`` holds the last candidate's similarities
+    if pick != in_row:
         _sim_row(xt, kind, top, pick, xj, row)
     picks[step] = pick
-    gains[step] = exact[q]
+    gains[step] = g[pick]
     taken[pick] = True
     count = 0
     for i in range(m):
@@ -772,6 +791,8 @@ def _step(
             # each correction rounds twice: below eps·(|g| + |Δ|) each, Δ ≤ hi − lo
             err += 4.0 * _EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
             count += 1
+    if count > 0:  # the caller corrects every gain: none is exact any more
+        exact[:] = False
     _take(row, pick, cur, near, owner)
     scalars[0] = err
     scalars[1] = tol

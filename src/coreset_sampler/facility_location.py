@@ -238,6 +238,11 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
         torch.finfo(p.dtype).eps,
         threads=torch.get_num_threads(),
     )
+    if bad <= -2:
+        raise ValueError(
+            f"features of {_problem_name(-2 - bad, p.lead_shape)} are too large for float64 "
+            f"similarities (a squared norm above {_lazy._NORM_MAX:g}): rescale them"
+        )
     if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
         row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
         row_ok[bad] = False
