@@ -145,7 +145,7 @@ def solve(
         cuts = [0, *np.searchsorted(work, work[-1] * np.arange(1, parts) / parts).tolist(), batch]
         found = [b for b in _run(None, [partial(part, a, b) for a, b in pairwise(cuts)]) if b != -1]
         # the error of the first problem with one
-        bad = min(found, key=lambda code: code // n if code >= 0 else -2 - code, default=-1)
+        bad = min(found, key=lambda error: error // n if error >= 0 else -2 - error, default=-1)
     if bad == -1 and later.any():
         with ThreadPoolExecutor(threads - 1, thread_name_prefix="coreset_sampler") as pool:
             for b in np.flatnonzero(later):
