@@ -2,7 +2,8 @@
 
 One call solves every problem of a batch in compiled code: similarities in float64, the greedy,
 and the cluster sizes, so a batch of small problems costs one Python call instead of a dozen
-PyTorch operations per greedy step.
+PyTorch operations per greedy step. With several threads allowed, larger batches and problems
+are split over threads made for the call (see :func:`solve`).
 
 **Two greedy strategies, both exact.** Up to ``matrix_max`` points (``_MATRIX_MAX``, 2048: a
 34 MB float64 matrix) the problem's ``[m, m]`` similarity matrix is built once (each pair
@@ -20,7 +21,7 @@ candidate whose bound still reaches ``best − tol``, ``best`` the largest gain 
 among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
 picked. A candidate left out has a bound, hence a gain, below ``best − tol`` (``best`` only
 grows): the pick is the naive greedy's under the same tie rule. The incremental greedy's kept
-gains carry rounding error (bounded as it goes, see :func:`_incremental`): it evaluates exactly,
+gains carry rounding error (bounded as it goes, see :func:`_step`): it evaluates exactly,
 in the same way, every candidate within ``tol`` plus twice that bound of the largest kept gain.
 Every exact gain of a call is summed the same way (vectorised, with reassociation) from
 similarities computed by the same code (``exp`` may round the last bit differently in a loop's
