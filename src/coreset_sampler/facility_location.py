@@ -152,8 +152,9 @@ def greedy_facility_location(
     Raises:
         TypeError: wrong argument types or dtypes.
         ValueError: wrong shapes, non-finite values, ``k`` out of range for a problem, a mask that
-            selects nothing in a problem, an unknown similarity or method. Messages name the
-            argument, the problem index and the value.
+            selects nothing in a problem, an unknown similarity or method; with ``"lazy"``,
+            points whose squared norm exceeds 1e300 (float64 similarities would overflow).
+            Messages name the argument, the problem index and the value.
 
     Examples:
         >>> import torch
