@@ -65,7 +65,7 @@ _NORM_MAX = 1e300
 # helpers whose loops are reductions: reassociation lets them vectorise
 _REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
 _HELPERS = (
-    "_raw", "_raw4", "_sqrt_max", "_finish", "_similarity", "_gain", "_gain_at", "_tie_tolerance",
+    "_raw", "_sqrt_max", "_finish", "_similarity", "_gain", "_gain_at", "_tie_tolerance",
     "_take", "_finish_problem", "_greedy", "_first_gains", "_pair_sums", "_gains_from_sums",
     "_sim_row", "_buffers", "_step", "_reach", "_raw_block", "_clamp_into", "_correct",
     "_incremental",
@@ -358,54 +358,6 @@ def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
                 acc[c] += e * e
 
 
-def _raw4(xt: Array, a0: int, kind: int, out: Array) -> None:
-    """:func:`_raw` for the four rows ``a0 ≤ a < a0 + 4`` into ``out[a, :a0 + 4]``, sharing each
-    load of ``xt`` (the entries ``c > a`` are computed too; the mirror overwrites them with the
-    same values). :func:`_raw_block` with the rows' storage in place."""
-    d = xt.shape[0]
-    upto = a0 + 4
-    for a in range(a0, upto):
-        for c in range(upto):
-            out[a, c] = 0.0
-    for t in range(0, d - 1, 2):
-        v0, v1, v2, v3 = xt[t, a0], xt[t, a0 + 1], xt[t, a0 + 2], xt[t, a0 + 3]
-        w0, w1, w2, w3 = xt[t + 1, a0], xt[t + 1, a0 + 1], xt[t + 1, a0 + 2], xt[t + 1, a0 + 3]
-        if kind == 2:
-            for c in range(upto):
-                x, y = xt[t, c], xt[t + 1, c]
-                out[a0, c] += v0 * x + w0 * y
-                out[a0 + 1, c] += v1 * x + w1 * y
-                out[a0 + 2, c] += v2 * x + w2 * y
-                out[a0 + 3, c] += v3 * x + w3 * y
-        else:
-            for c in range(upto):
-                x, y = xt[t, c], xt[t + 1, c]
-                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
-                f0, f1, f2, f3 = y - w0, y - w1, y - w2, y - w3
-                out[a0, c] += e0 * e0 + f0 * f0
-                out[a0 + 1, c] += e1 * e1 + f1 * f1
-                out[a0 + 2, c] += e2 * e2 + f2 * f2
-                out[a0 + 3, c] += e3 * e3 + f3 * f3
-    if d % 2:
-        t = d - 1
-        v0, v1, v2, v3 = xt[t, a0], xt[t, a0 + 1], xt[t, a0 + 2], xt[t, a0 + 3]
-        if kind == 2:
-            for c in range(upto):
-                x = xt[t, c]
-                out[a0, c] += v0 * x
-                out[a0 + 1, c] += v1 * x
-                out[a0 + 2, c] += v2 * x
-                out[a0 + 3, c] += v3 * x
-        else:
-            for c in range(upto):
-                x = xt[t, c]
-                e0, e1, e2, e3 = x - v0, x - v1, x - v2, x - v3
-                out[a0, c] += e0 * e0
-                out[a0 + 1, c] += e1 * e1
-                out[a0 + 2, c] += e2 * e2
-                out[a0 + 3, c] += e3 * e3
-
-
 def _sqrt_max(acc: Array, upto: int, top: float) -> float:
     """Square roots of ``acc[:upto]`` in place; returns the largest of them and ``top``."""
     for c in range(upto):
@@ -437,9 +389,12 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
     sim = np.empty((m, m), dtype=np.float64)
     xj = np.empty(d, dtype=np.float64)
     top = 0.0  # the largest distance
+    ids = np.empty(4, dtype=np.int64)
     full = m - m % 4
-    for a0 in range(0, full, 4):  # the lower triangle, four rows at a time ...
-        _raw4(xt, a0, kind, sim)
+    for a0 in range(0, full, 4):  # the lower triangle, four rows at a time (the entries c > a
+        for r in range(4):  # are computed too; the mirror overwrites them with the same values)
+            ids[r] = a0 + r
+        _raw_block(xt, ids, 0, a0 + 4, kind, sim[a0 : a0 + 4])
     for a in range(full, m):  # ... and the last rows one by one
         for t in range(d):
             xj[t] = xt[t, a]
