@@ -729,6 +729,39 @@ def test_lazy_kernel_rejects_features_too_large_for_float64(similarity: str) -> 
     assert bad == -2 - 1
 
 
+def ulps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many float64 values lie between ``a`` and ``b`` (both ≥ 0)."""
+    return np.abs(a.view(np.int64) - b.view(np.int64))
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=LAZY.marks), False])
+def test_kernel_exp_is_within_one_ulp_of_the_c_library(compiled: bool) -> None:
+    """The kernel's vectorised exp(−d / dim) against math.exp, from tiny distances to those
+    whose exp is subnormal or 0; values computed one at a time (the loop's scalar rest) are the
+    same, and nothing past ``upto`` is touched."""
+    if compiled:
+        _lazy._compiled()
+    exp_neg = _lazy._exp_neg if compiled else getattr(_lazy._exp_neg, "py_func", _lazy._exp_neg)
+    rng = np.random.default_rng(5)
+    size = 20_000 if compiled else 2_000
+    for low, high, dim in [(0, 1e-6, 10), (0, 30, 10), (0, 800, 1), (7000, 7700, 10)]:
+        d = rng.uniform(low, high, size + 3)
+        d[:3] = [low, high, 0.5 * (low + high)]
+        values = d.copy()
+        upto = size + 1  # not a multiple of any vector width
+        exp_neg(values, upto, dim, np.empty((2, upto)))
+        libm = np.array([math.exp(-v / dim) for v in d[:upto]])
+        assert ulps_apart(values[:upto], libm).max() <= 1
+        assert (values[upto:] == d[upto:]).all()
+        for c in range(0, 500 if compiled else 50):
+            one = d[c : c + 1].copy()
+            exp_neg(one, 1, dim, np.empty((2, 1)))
+            assert one[0] == values[c]
+    far = np.array([7460.0, 7000.0])
+    exp_neg(far, 2, 10, np.empty((2, 2)))
+    assert far[0] == 0.0 and far[1] > 0.0
+
+
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
     feats = np.ones((2, 6, 3))

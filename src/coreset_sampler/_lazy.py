@@ -24,8 +24,8 @@ grows): the pick is the naive greedy's under the same tie rule. The incremental 
 gains carry rounding error (bounded as it goes, see :func:`_step`): it evaluates exactly,
 in the same way, every candidate within ``tol`` plus twice that bound of the largest kept gain.
 Every exact gain of a call is summed the same way (vectorised, with reassociation) from
-similarities computed by the same code (``exp`` may round the last bit differently in a loop's
-vectorised and scalar parts), and gains within ``tol`` count as tied, so both strategies pick
+similarities computed by the same code (``exp`` included: the kernel's own, vectorised, within
+1 ulp of the C library's), and gains within ``tol`` count as tied, so both strategies pick
 alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
 far, ties to the lowest index).
 
@@ -62,13 +62,27 @@ _EPS64 = 2.0**-52
 # ... and a point's squared norm must stay below this, so that no squared distance (at most 4×),
 # dot product or sum of m of them overflows
 _NORM_MAX = 1e300
+# exp(x), x ≤ 0, as the kernel computes it (:func:`_exp_reduce`): x = k·ln 2 + r, |r| ≤ ln 2 / 2
+# (Cody–Waite: k·_LN2_HI is exact for |k| < 2^21), exp(r) from its Taylor polynomial
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+# x/ln 2 + 1.5·2^52 holds round(x/ln 2) in its low bits (and as a float, minus the shift)
+_SHIFT = 6755399441055744.0
+_SHIFT_BITS = int(np.float64(_SHIFT).view(np.int64))
+# the most values :func:`_exp_triangle` packs together (32 KB)
+_PACK = 4096
+# exp of anything below this is 0 in float64 (and 2^k of its k is a product of two normals)
+_EXP_LOW = -746.0
 # helpers whose loops are reductions: reassociation lets them vectorise
 _REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
+# helpers whose multiply-adds may be fused (the exp polynomial: fewer operations, less rounding)
+_CONTRACTED = ("_exp_reduce",)
 _HELPERS = (
-    "_raw", "_sqrt_max", "_finish", "_similarity", "_gain", "_gain_at", "_tie_tolerance",
-    "_take", "_finish_problem", "_greedy", "_first_gains", "_pair_sums", "_gains_from_sums",
-    "_sim_row", "_buffers", "_step", "_reach", "_raw_block", "_clamp_into", "_correct",
-    "_incremental",
+    "_exp_reduce", "_exp_neg", "_exp_triangle", "_raw", "_sqrt_max", "_finish",
+    "_similarity", "_gain", "_gain_at", "_tie_tolerance", "_take", "_finish_problem", "_greedy",
+    "_first_gains", "_pair_sums", "_gains_from_sums", "_sim_row", "_buffers", "_step", "_reach",
+    "_raw_block", "_clamp_into", "_correct", "_incremental",
 )  # fmt: skip
 _kernel: Any = None
 _import_error: BaseException | None = None
@@ -253,7 +267,11 @@ def _compiled() -> Any:
     module = globals()
     for name in _HELPERS:
         # reductions may be reassociated (and assume no NaN: the kernel checks its input first)
-        fast: bool | set[str] = {"reassoc", "nsz", "nnan"} if name in _REDUCTIONS else False
+        fast: bool | set[str] = False
+        if name in _REDUCTIONS:
+            fast = {"reassoc", "nsz", "nnan"}
+        elif name in _CONTRACTED:
+            fast = {"contract"}
         jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=fast)
         module[name] = jit(module[name])
     _kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_solve_all)
@@ -368,17 +386,63 @@ def _sqrt_max(acc: Array, upto: int, top: float) -> float:
     return top
 
 
-def _finish(values: Array, upto: int, kind: int, top: float, dim: int) -> float:
-    """Distances (kinds 0, 1) to similarities in place, ``top − d`` or ``exp(−d / dim)``; returns
-    ``Σ max(s, 0)`` of the similarities (compiled with reassociation: the sum vectorises)."""
+def _finish(values: Array, upto: int, kind: int, top: float) -> float:
+    """Distances (kind 0) to similarities ``top − d`` in place (kind 1: the caller has applied
+    :func:`_exp_neg`); returns ``Σ max(s, 0)`` of the similarities (compiled with
+    reassociation: the sum vectorises)."""
     total = 0.0
     for c in range(upto):
         if kind == 0:
             values[c] = top - values[c]
-        elif kind == 1:
-            values[c] = math.exp(-values[c] / dim)
         total += max(values[c], 0.0)
     return total
+
+
+def _exp_reduce(x: float) -> tuple[float, float]:
+    """``exp(x) = p·2^k`` for ``x ≤ 0``: returns ``p`` (from the Taylor polynomial of ``exp(r)``
+    to degree 13, ``|r| ≤ ln 2 / 2``: truncation below 5e-18) and ``t``, whose bits as an int64
+    are ``k + _SHIFT_BITS`` (as a float, ``k = t − _SHIFT``). ``x`` below ``_EXP_LOW`` counts as
+    ``_EXP_LOW``."""
+    x = max(x, _EXP_LOW)
+    t = x * _INV_LN2 + _SHIFT
+    k = t - _SHIFT
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    q = 1.0 / 6227020800.0  # 1/13!, then Horner down to 1/2!
+    q = q * r + 1.0 / 479001600.0
+    q = q * r + 1.0 / 39916800.0
+    q = q * r + 1.0 / 3628800.0
+    q = q * r + 1.0 / 362880.0
+    q = q * r + 1.0 / 40320.0
+    q = q * r + 1.0 / 5040.0
+    q = q * r + 1.0 / 720.0
+    q = q * r + 1.0 / 120.0
+    q = q * r + 1.0 / 24.0
+    q = q * r + 1.0 / 6.0
+    q = q * r + 0.5
+    return 1.0 + (r + (r * r) * q), t
+
+
+def _exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
+    """``values[c] = exp(−values[c] / dim)`` for ``c < upto`` (``values ≥ 0``), within 1 ulp of
+    the C library's ``exp``, and the same in the vectorised loop and its scalar rest. Unlike a
+    loop of ``math.exp`` calls it vectorises: ``2^k`` is made from integer bits in ``scratch``
+    (``[2, ≥ upto]`` float64, seen as int64), as ``2^h·2^(k−h)``, two normal numbers down to
+    ``k = −1076``, so ``p·2^h`` is exact and the second product rounds once (to a subnormal if
+    need be)."""
+    high, low = scratch[0], scratch[1]
+    for c in range(upto):
+        p, t = _exp_reduce(-values[c] / dim)
+        values[c] = p
+        high[c] = t
+    high_bits = high[:upto].view(np.int64)
+    low_bits = low[:upto].view(np.int64)
+    for c in range(upto):
+        k = high_bits[c] - _SHIFT_BITS
+        h = k >> 1
+        high_bits[c] = (h + 1023) << 52
+        low_bits[c] = (k - h + 1023) << 52
+    for c in range(upto):
+        values[c] = values[c] * high[c] * low[c]
 
 
 def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
@@ -403,17 +467,41 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
         for a in range(m):
             top = _sqrt_max(sim[a], a + 1, top)
     if kind == 1:  # exp on the triangle only (kind 0 needs the largest distance first)
-        for a in range(m):
-            _finish(sim[a], a + 1, kind, top, d)
+        _exp_triangle(sim, d)
     for a in range(m):
         for c in range(a):
             sim[c, a] = sim[a, c]
     first = np.empty(m, dtype=np.float64)
     for a in range(m):
-        total = _finish(sim[a], m, 2 if kind == 1 else kind, top, d)  # (kind 2: the sum only)
+        total = _finish(sim[a], m, kind, top)
         # m nonnegative terms: any two summation orders differ by less than 2·m·eps·total
         first[a] = total + 4.0 * m * eps * total
     return sim, first
+
+
+def _exp_triangle(sim: Array, dim: int) -> None:
+    """:func:`_exp_neg` on the lower triangle of ``sim`` (with the diagonal), its rows packed into
+    a vector of up to ``_PACK`` values at a time: short rows alone would spend most of their
+    time outside the vectorised loop."""
+    m = sim.shape[0]
+    size = min(m * (m + 1) // 2, max(_PACK, m))
+    packed = np.empty(size, dtype=np.float64)
+    scratch = np.empty((2, size), dtype=np.float64)
+    first = 0
+    while first < m:
+        stop, used = first, 0
+        while stop < m and used + stop + 1 <= size:
+            for c in range(stop + 1):
+                packed[used + c] = sim[stop, c]
+            used += stop + 1
+            stop += 1
+        _exp_neg(packed, used, dim, scratch)
+        used = 0
+        for a in range(first, stop):
+            for c in range(a + 1):
+                sim[a, c] = packed[used + c]
+            used += a + 1
+        first = stop
 
 
 def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
@@ -433,6 +521,7 @@ def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> floa
     d = xt.shape[0]
     acc = np.empty((4, _BLOCK), dtype=np.float64)
     ids = np.empty(4, dtype=np.int64)
+    scratch = np.empty((2, _BLOCK if kind == 1 else 0), dtype=np.float64)
     top = 0.0
     for i0 in range(start, stop, 4):
         end = min(stop, i0 + 4)
@@ -453,7 +542,7 @@ def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> floa
                 else:
                     top = _sqrt_max(a, upto, top)
                     if kind == 1:
-                        _finish(a, upto, kind, top, d)
+                        _exp_neg(a, upto, d, scratch)
                 total = 0.0
                 for c in range(upto):
                     total += a[c]
@@ -499,15 +588,20 @@ def _gain_at(sim: Array, j: int, cur: Array) -> float:
     return acc
 
 
-def _sim_row(xt: Array, kind: int, top: float, j: int, xj: Array, out: Array) -> Array:
-    """s(j, ·) computed from the features into ``out`` (when there is no matrix)."""
+def _sim_row(
+    xt: Array, kind: int, top: float, j: int, xj: Array, out: Array, scratch: Array
+) -> Array:
+    """s(j, ·) computed from the features into ``out`` (when there is no matrix; ``scratch``:
+    see :func:`_finish`)."""
     d, m = xt.shape
     for t in range(d):
         xj[t] = xt[t, j]
     _raw(xt, xj, m, kind, out)
     if kind != 2:
         _sqrt_max(out, m, 0.0)
-        _finish(out, m, kind, top, d)
+        if kind == 1:
+            _exp_neg(out, m, d, scratch)
+        _finish(out, m, kind, top)
     return out
 
 
@@ -707,6 +801,7 @@ def _step(
     d, m = xt.shape
     err, tol, largest = scalars[0], scalars[1], scalars[2]
     xj = np.empty(d, dtype=np.float64)
+    scratch = np.empty((2, m if kind == 1 else 0), dtype=np.float64)
     lead = -1
     for j in range(m):
         if not taken[j] and (lead < 0 or g[j] > g[lead]):
@@ -721,7 +816,7 @@ def _step(
         # (``lead`` always: a NaN floor must not leave the step without a candidate)
         if not taken[j] and (g[j] >= floor or j == lead):
             if not exact[j]:  # (else evaluated since the last correction: still exact)
-                g[j] = _gain(_sim_row(xt, kind, top, j, xj, row), cur)
+                g[j] = _gain(_sim_row(xt, kind, top, j, xj, row, scratch), cur)
                 exact[j] = True
                 in_row = j
             cand[count] = j
@@ -734,7 +829,7 @@ def _step(
         q += 1
     pick = cand[q]
     if pick != in_row:
-        _sim_row(xt, kind, top, pick, xj, row)
+        _sim_row(xt, kind, top, pick, xj, row, scratch)
     picks[step] = pick
     gains[step] = g[pick]
     taken[pick] = True
@@ -865,8 +960,9 @@ def _clamp_into(
     g: Array,
 ) -> None:
     """``g[c] −= clamp(s, lo, hi) − lo`` for the similarities ``s`` of the raw values
-    ``raw[:width]`` (as :func:`_sim_row` computes them); values at or beyond ``reach`` give
-    ``s ≤ lo`` and are skipped."""
+    ``raw[:width]`` (as :func:`_sim_row` computes them, but for ``exp``: the C library's, one
+    value at a time, faster here than :func:`_exp_neg` and within 1 ulp of it, far inside the
+    kept gains' error bound); values at or beyond ``reach`` give ``s ≤ lo`` and are skipped."""
     for c in range(width):
         v = raw[c]
         if kind == 2:
