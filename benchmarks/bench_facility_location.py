@@ -5,6 +5,11 @@ Every method maximises the same objective, facility location with the similarity
 
     F(S) = Σ_i max_{j∈S} s(i, j)
 
+except in the case ``crest-released``, which uses ``s(i, j) = exp(−‖x_i − x_j‖ / d)``, the
+similarity of the authors' released CREST code, and adds the row ``submodlib-released``: submodlib
+called as that code calls it (``FacilityLocationFunction(n, data=X, metric="euclidean",
+mode="dense")``, which builds that similarity itself, then LazyGreedy).
+
 Each (case, method) pair runs in a fresh subprocess, so that its peak memory is its own. Inside
 the worker: imports, data creation, one warm-up call on a small slice of the data (excluded),
 then ``--repeats`` timed calls (more, up to ``--min-time`` seconds in total, when they are
@@ -84,6 +89,7 @@ class Case:
     skip: dict[str, str] = field(default_factory=dict)  # method -> reason
     stochastic: bool = False
     warmup: bool = True
+    similarity: str = "neg_distance"  # or "exp": exp(−‖x_i − x_j‖ / d)
 
 
 CASES: tuple[Case, ...] = (
@@ -95,6 +101,16 @@ CASES: tuple[Case, ...] = (
         k=13,
         description="CREST CIFAR-10 default, split per class: 50 problems × 50 points → 13",
         caps={"apricot": 1},
+    ),
+    Case(
+        name="crest-released",
+        problems=50,
+        n=50,
+        d=10,
+        k=13,
+        description="crest-split with the released code's similarity exp(−‖x_i − x_j‖ / d)",
+        caps={"apricot": 1},
+        similarity="exp",
     ),
     Case(
         name="crest-unsplit",
@@ -171,19 +187,23 @@ ALL_CASES: dict[str, Case] = {case.name: case for case in (*CASES, *QUICK_CASES)
 
 OURS_METHODS = ("ours-auto", "ours-incremental", "ours-stochastic")
 BASELINE_METHODS = ("apricot-naive", "apricot-lazy", "submodlib-lazy", "numpy-naive")
+# only in the exp cases: submodlib as the released CREST code calls it
+RELEASED_METHOD = "submodlib-released"
 REFERENCE = "ours-auto"
 # method -> (importable module, distribution name) for the optional baselines
 OPTIONAL: dict[str, tuple[str, str]] = {
     "apricot-naive": ("apricot", "apricot-select"),
     "apricot-lazy": ("apricot", "apricot-select"),
     "submodlib-lazy": ("submodlib", "submodlib-py"),
+    "submodlib-released": ("submodlib", "submodlib-py"),
 }
 
 
 def methods_for(case: Case) -> list[str]:
     """The methods benchmarked on ``case``, ours first."""
     ours = [m for m in OURS_METHODS if m != "ours-stochastic" or case.stochastic]
-    return [*ours, *BASELINE_METHODS]
+    released = [RELEASED_METHOD] if case.similarity == "exp" else []
+    return [*ours, *BASELINE_METHODS, *released]
 
 
 def repeats_for(case: Case, method: str, requested: int) -> int:
@@ -224,9 +244,12 @@ def distance_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(sq, out=sq)
 
 
-def similarity_matrix(x: np.ndarray) -> np.ndarray:
-    """Dense float64 ``C − D`` for one problem ``x`` ``[n, d]`` (what every baseline gets)."""
+def similarity_matrix(x: np.ndarray, kind: str = "neg_distance") -> np.ndarray:
+    """Dense float64 ``C − D`` (or ``exp(−D / d)``) for one problem ``x`` ``[n, d]`` (what every
+    baseline gets)."""
     dist = distance_block(x, x)
+    if kind == "exp":
+        return np.exp(np.divide(dist, -x.shape[1], out=dist), out=dist)
     return np.subtract(dist.max(), dist, out=dist)
 
 
@@ -235,7 +258,7 @@ def similarity_matrix(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def ours_solver(method: str, seed: int) -> Solver:
+def ours_solver(method: str, seed: int, kind: str) -> Solver:
     """Our kernel: one (batched) call on the features; it builds the similarity itself."""
     import torch
 
@@ -248,17 +271,27 @@ def ours_solver(method: str, seed: int) -> Solver:
         if name == "stochastic":
             gen = torch.Generator().manual_seed(seed)
             res = greedy_facility_location(
-                feats, k, method="stochastic", epsilon=0.01, generator=gen
+                feats,
+                k,
+                similarity=kind,  # type: ignore[arg-type]
+                method="stochastic",
+                epsilon=0.01,
+                generator=gen,
             )
         else:
-            res = greedy_facility_location(feats, k, method=name)  # type: ignore[arg-type]
+            res = greedy_facility_location(
+                feats,
+                k,
+                similarity=kind,  # type: ignore[arg-type]
+                method=name,  # type: ignore[arg-type]
+            )
         indices = res.indices.reshape(x.shape[0], k).tolist()
         return indices, res.objective.reshape(-1).tolist()
 
     return solve
 
 
-def apricot_solver(method: str) -> Solver:
+def apricot_solver(method: str, kind: str) -> Solver:
     """apricot ``FacilityLocationSelection`` on a precomputed similarity, one fit per problem."""
     from apricot import FacilityLocationSelection
 
@@ -267,7 +300,7 @@ def apricot_solver(method: str) -> Solver:
     def solve(x: np.ndarray, k: int) -> tuple[Selection, list[float] | None]:
         out = []
         for problem in x:
-            sim = similarity_matrix(problem)
+            sim = similarity_matrix(problem, kind)
             sel = FacilityLocationSelection(k, metric="precomputed", optimizer=optimizer)
             out.append([int(i) for i in sel.fit(sim).ranking])
         return out, None
@@ -275,15 +308,24 @@ def apricot_solver(method: str) -> Solver:
     return solve
 
 
-def submodlib_solver() -> Solver:
-    """submodlib ``FacilityLocationFunction`` (dense, precomputed ``sijs``) with LazyGreedy."""
+def submodlib_solver(kind: str, released: bool = False) -> Solver:
+    """submodlib ``FacilityLocationFunction`` (dense, precomputed ``sijs``; or, ``released``, as
+    the authors' CREST code calls it: from the features with ``metric="euclidean"``, for which
+    submodlib builds ``exp(−D / d)`` itself) with LazyGreedy."""
     from submodlib import FacilityLocationFunction
 
     def solve(x: np.ndarray, k: int) -> tuple[Selection, list[float] | None]:
         out = []
         for problem in x:
-            sim = similarity_matrix(problem)
-            fn = FacilityLocationFunction(n=len(sim), mode="dense", sijs=sim, separate_rep=False)
+            if released:
+                fn = FacilityLocationFunction(
+                    n=len(problem), data=problem, metric="euclidean", mode="dense"
+                )
+            else:
+                sim = similarity_matrix(problem, kind)
+                fn = FacilityLocationFunction(
+                    n=len(sim), mode="dense", sijs=sim, separate_rep=False
+                )
             picks = fn.maximize(
                 budget=k,
                 optimizer="LazyGreedy",
@@ -316,22 +358,24 @@ def numpy_greedy(sim: np.ndarray, k: int) -> list[int]:
     return picks
 
 
-def numpy_solver() -> Solver:
+def numpy_solver(kind: str) -> Solver:
     def solve(x: np.ndarray, k: int) -> tuple[Selection, list[float] | None]:
-        return [numpy_greedy(similarity_matrix(problem), k) for problem in x], None
+        return [numpy_greedy(similarity_matrix(problem, kind), k) for problem in x], None
 
     return solve
 
 
-def make_solver(method: str, seed: int) -> Solver:
+def make_solver(method: str, seed: int, kind: str = "neg_distance") -> Solver:
     if method.startswith("ours-"):
-        return ours_solver(method, seed)
+        return ours_solver(method, seed, kind)
     if method.startswith("apricot-"):
-        return apricot_solver(method)
-    if method == "submodlib-lazy":
-        return submodlib_solver()
+        return apricot_solver(method, kind)
+    if method in ("submodlib-lazy", "submodlib-released"):
+        if method == "submodlib-released" and kind != "exp":
+            raise ValueError("submodlib-released builds exp(−D / d): only for exp cases")
+        return submodlib_solver(kind, released=method == "submodlib-released")
     if method == "numpy-naive":
-        return numpy_solver()
+        return numpy_solver(kind)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -414,7 +458,7 @@ def run_worker(
             torch.set_num_threads(threads)
         extra["torch_threads"] = torch.get_num_threads()
     x = make_features(case, seed)
-    solve = make_solver(method, seed)
+    solve = make_solver(method, seed, case.similarity)
     rss_setup = _status_kib("VmRSS")
 
     if case.warmup:
@@ -461,10 +505,12 @@ def run_worker(
 
 
 class Evaluator:
-    """``F(S) = Σ_i max_{j∈S} (C − ‖x_i − x_j‖)`` in float64, blockwise (no ``n×n`` matrix)."""
+    """``F(S) = Σ_i max_{j∈S} (C − ‖x_i − x_j‖)`` (or, ``kind="exp"``, of ``exp(−‖x_i − x_j‖ /
+    d)``) in float64, blockwise (no ``n×n`` matrix)."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, kind: str = "neg_distance") -> None:
         self.x = x
+        self.kind = kind
         self._c: list[float] | None = None
 
     def max_distances(self) -> list[float]:
@@ -487,8 +533,11 @@ class Evaluator:
             chosen = problem[np.asarray(picks, dtype=np.int64)]
             total = 0.0
             for start in range(0, len(problem), EVAL_BLOCK):
-                block = distance_block(problem[start : start + EVAL_BLOCK], chosen)
-                total += float((c - block.min(axis=1)).sum())
+                nearest = distance_block(problem[start : start + EVAL_BLOCK], chosen).min(axis=1)
+                if self.kind == "exp":
+                    total += float(np.exp(-nearest / problem.shape[1]).sum())
+                else:
+                    total += float((c - nearest).sum())
             out.append(total)
         return out
 
@@ -620,7 +669,7 @@ def run_case(case: Case, args: argparse.Namespace, env: dict[str, str]) -> list[
 
 
 def add_objectives(case: Case, rows: list[dict], seed: int) -> None:
-    evaluator = Evaluator(make_features(case, seed))
+    evaluator = Evaluator(make_features(case, seed), case.similarity)
     for row in rows:
         if row.get("status") == "ok":
             row["objective"] = evaluator.objectives(row["selection"])
@@ -699,6 +748,9 @@ def evaluate_targets(rows: list[dict], cases: Sequence[Case]) -> list[dict]:
         ours = _find(rows, case.name, REFERENCE)
         if case.name == "crest-split":
             rivals, need, what = ["submodlib-lazy"], 10.0, "≥10× faster than submodlib LazyGreedy"
+        elif case.name == "crest-released":
+            rivals, need = ["submodlib-released"], 10.0
+            what = "≥10× faster than submodlib as the released CREST code calls it"
         else:
             rivals = ["apricot-naive", "apricot-lazy", "submodlib-lazy"]
             need, what = 2.0, "≥2× faster than the fastest of apricot/submodlib"
@@ -742,8 +794,10 @@ def print_report(hw: dict, rows: list[dict], targets: list[dict]) -> None:
     print("## Results")
     print(
         "Median wall time of a full call. Baselines are timed INCLUDING building their dense "
-        "float64 similarity C − D from the features; ours computes it itself, in one batched "
-        "call over all problems of a case. apricot rows: calls after the first in the process, "
+        "float64 similarity C − D (crest-released: exp(−D / d)) from the features; ours computes "
+        "it itself, in one batched call over all problems of a case. submodlib-released: "
+        "submodlib called as the released CREST code calls it (it builds exp(−D / d) itself). "
+        "apricot rows: calls after the first in the process, "
         "each of which recompiles apricot's numba kernels. Ratio = method time / ours-auto time "
         "(> 1: ours is faster). Peak extra MB: peak RSS of the timed calls minus RSS before "
         f"them. Objectives: shared float64 evaluator; agree when ≤ {AGREE_TOL:g}."
@@ -778,7 +832,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         default=None,
-        help="comma-separated subset of: " + ", ".join((*OURS_METHODS, *BASELINE_METHODS)),
+        help="comma-separated subset of: "
+        + ", ".join((*OURS_METHODS, *BASELINE_METHODS, RELEASED_METHOD)),
     )
     parser.add_argument("--threads", type=int, default=None, help="torch/OMP/MKL/numba threads")
     parser.add_argument("--json", default=None, metavar="PATH", help="write all results here")
@@ -797,7 +852,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--min-time should be non-negative, but got {args.min_time}")
     if args.methods is not None:
         args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = sorted(set(args.methods) - {*OURS_METHODS, *BASELINE_METHODS})
+        unknown = sorted(set(args.methods) - {*OURS_METHODS, *BASELINE_METHODS, RELEASED_METHOD})
         if unknown:
             parser.error(f"unknown method(s) {unknown}")
     if args.threads is not None and args.threads < 1:
