@@ -24,9 +24,9 @@ grows): the pick is the naive greedy's under the same tie rule. The incremental 
 gains carry rounding error (bounded as it goes, see :func:`_step`): it evaluates exactly,
 in the same way, every candidate within ``tol`` plus twice that bound of the largest kept gain.
 Every exact gain of a call is summed the same way (vectorised, with reassociation) from
-similarities computed by the same code (``exp`` included: the kernel's own, vectorised, within
-1 ulp of the C library's), and gains within ``tol`` count as tied, so both strategies pick
-alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
+similarities computed by the same code (``exp`` included: the kernel's own, vectorised, less
+than 1 ulp from the exact value), and gains within ``tol`` count as tied, so both strategies
+pick alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
 far, ties to the lowest index).
 
 numba is imported on first use; :func:`available` says whether it can be.
@@ -70,7 +70,7 @@ _INV_LN2 = 1.44269504088896338700e00
 # x/ln 2 + 1.5·2^52 holds round(x/ln 2) in its low bits (and as a float, minus the shift)
 _SHIFT = 6755399441055744.0
 _SHIFT_BITS = int(np.float64(_SHIFT).view(np.int64))
-# the most values :func:`_exp_triangle` packs together (32 KB)
+# how many values :func:`_exp_triangle` packs together (32 KB; a whole row if it is longer)
 _PACK = 4096
 # exp of anything below this is 0 in float64 (and 2^k of its k is a product of two normals)
 _EXP_LOW = -746.0
@@ -423,8 +423,8 @@ def _exp_reduce(x: float) -> tuple[float, float]:
 
 
 def _exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
-    """``values[c] = exp(−values[c] / dim)`` for ``c < upto`` (``values ≥ 0``), within 1 ulp of
-    the C library's ``exp``, and the same in the vectorised loop and its scalar rest. Unlike a
+    """``values[c] = exp(−values[c] / dim)`` for ``c < upto`` (``values ≥ 0``), less than 1 ulp
+    from the exact value, and the same in the vectorised loop and its scalar rest. Unlike a
     loop of ``math.exp`` calls it vectorises: ``2^k`` is made from integer bits in ``scratch``
     (``[2, ≥ upto]`` float64, seen as int64), as ``2^h·2^(k−h)``, two normal numbers down to
     ``k = −1076``, so ``p·2^h`` is exact and the second product rounds once (to a subnormal if
@@ -592,7 +592,7 @@ def _sim_row(
     xt: Array, kind: int, top: float, j: int, xj: Array, out: Array, scratch: Array
 ) -> Array:
     """s(j, ·) computed from the features into ``out`` (when there is no matrix; ``scratch``:
-    see :func:`_finish`)."""
+    see :func:`_exp_neg`)."""
     d, m = xt.shape
     for t in range(d):
         xj[t] = xt[t, j]
@@ -961,8 +961,9 @@ def _clamp_into(
 ) -> None:
     """``g[c] −= clamp(s, lo, hi) − lo`` for the similarities ``s`` of the raw values
     ``raw[:width]`` (as :func:`_sim_row` computes them, but for ``exp``: the C library's, one
-    value at a time, faster here than :func:`_exp_neg` and within 1 ulp of it, far inside the
-    kept gains' error bound); values at or beyond ``reach`` give ``s ≤ lo`` and are skipped."""
+    value at a time, faster here than :func:`_exp_neg` and a few ulps from it at most, far inside
+    the kept gains' error bound); values at or beyond ``reach`` give ``s ≤ lo`` and are
+    skipped."""
     for c in range(width):
         v = raw[c]
         if kind == 2:
