@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -92,24 +92,22 @@ class Case:
     similarity: str = "neg_distance"  # or "exp": exp(−‖x_i − x_j‖ / d)
 
 
+CREST_SPLIT = Case(
+    name="crest-split",
+    problems=50,
+    n=50,
+    d=10,
+    k=13,
+    description="CREST CIFAR-10 default, split per class: 50 problems × 50 points → 13",
+    caps={"apricot": 1},
+)
+
 CASES: tuple[Case, ...] = (
-    Case(
-        name="crest-split",
-        problems=50,
-        n=50,
-        d=10,
-        k=13,
-        description="CREST CIFAR-10 default, split per class: 50 problems × 50 points → 13",
-        caps={"apricot": 1},
-    ),
-    Case(
+    CREST_SPLIT,
+    replace(
+        CREST_SPLIT,
         name="crest-released",
-        problems=50,
-        n=50,
-        d=10,
-        k=13,
         description="crest-split with the released code's similarity exp(−‖x_i − x_j‖ / d)",
-        caps={"apricot": 1},
         similarity="exp",
     ),
     Case(
