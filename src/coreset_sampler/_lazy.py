@@ -26,8 +26,8 @@ in the same way, every candidate within ``tol`` plus twice that bound of the lar
 Every exact gain of a call is summed the same way (vectorised, with reassociation) from
 similarities computed by the same code (``exp`` included: the kernel's own, vectorised, less
 than 1 ulp from the exact value), and gains within ``tol`` count as tied, so both strategies
-pick alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick so
-far, ties to the lowest index).
+pick alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick
+so far, ties to the lowest index).
 
 numba is imported on first use; :func:`available` says whether it can be.
 """
@@ -961,9 +961,9 @@ def _clamp_into(
 ) -> None:
     """``g[c] −= clamp(s, lo, hi) − lo`` for the similarities ``s`` of the raw values
     ``raw[:width]`` (as :func:`_sim_row` computes them, but for ``exp``: the C library's, one
-    value at a time, faster here than :func:`_exp_neg` and a few ulps from it at most, far inside
-    the kept gains' error bound); values at or beyond ``reach`` give ``s ≤ lo`` and are
-    skipped."""
+    value at a time, where it is faster than the kernel's own; a few ulps from
+    :func:`_exp_neg`'s at most, far inside the kept gains' error bound); values at or beyond
+    ``reach`` give ``s ≤ lo`` and are skipped."""
     for c in range(width):
         v = raw[c]
         if kind == 2:
