@@ -562,6 +562,53 @@ def test_lazy_kernel_uncompiled_equals_reference(similarity: str, matrix_max: in
     check_lazy_kernel_output(similarity, x, mask, k, args)
 
 
+@pytest.mark.parametrize("similarity", ["neg_distance", "exp"])
+def test_lazy_greedy_tightened_bounds_stay_above_the_gains(
+    similarity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each pick, _tighten lowers the lazy greedy's bounds; every bound of a candidate
+    must stay at or above its exact gain (summed with math.fsum), and the picks and gains must
+    be those of the greedy without tightening, with fewer gain evaluations (plain Python)."""
+    code = _lazy._KINDS[similarity]
+    tighten = getattr(_lazy._tighten, "py_func", _lazy._tighten)
+    gain_at = getattr(_lazy._gain_at, "py_func", _lazy._gain_at)
+    greedy = getattr(_lazy._greedy, "py_func", _lazy._greedy)
+    checked = [0]
+    evaluations = [0]
+
+    def checking_tighten(sim, pick, cur, bound, slack):  # type: ignore[no-untyped-def]
+        tighten(sim, pick, cur, bound, slack)
+        after = np.maximum(cur, sim[pick])
+        for j in np.flatnonzero(np.isfinite(bound)):
+            exact = math.fsum(np.maximum(sim[j] - after, 0.0))
+            assert bound[j] >= exact, (pick, j, bound[j], exact)
+            checked[0] += 1
+
+    def counting_gain_at(sim, j, cur):  # type: ignore[no-untyped-def]
+        evaluations[0] += 1
+        return gain_at(sim, j, cur)
+
+    monkeypatch.setattr(_lazy, "_tighten", checking_tighten)
+    monkeypatch.setattr(_lazy, "_gain_at", counting_gain_at)
+    clustered = rng_features(3, 6, 1, 10) + 0.2 * rng_features(4, 6, 10, 10)
+    problems = [*rng_features(2, 3, 50, 10).double(), *clustered.reshape(3, 20, 10).double()]
+    counts, results = {}, {}
+    for tightened in (False, True):
+        evaluations[0] = 0
+        results[tightened] = []
+        for x in problems:
+            sim, first = _lazy._similarity(np.ascontiguousarray(x.numpy().T), code, 2.0**-52)
+            m = len(x)
+            indices, gains, weights, cover = np.zeros(13, np.int64), *np.zeros((2, 13)), np.zeros(m)
+            rows = np.arange(m)
+            greedy(sim, first, 13, 2.0**-52, tightened, rows, indices, gains, weights, cover)
+            results[tightened].append((indices.tolist(), gains.tolist(), weights.tolist()))
+        counts[tightened] = evaluations[0]
+    assert results[True] == results[False]
+    assert checked[0] > 500
+    assert counts[True] < counts[False]
+
+
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_lazy_kernel_without_a_matrix_equals_reference(similarity: str) -> None:

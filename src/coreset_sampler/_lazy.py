@@ -15,19 +15,20 @@ features (``O(m·d)`` each; on random 10-d data about ``6·m`` rows in all). Mem
 build the matrix, and its work hardly depends on the number of picks).
 
 **Same picks as the naive greedy.** Lazy evaluation keeps an upper bound per candidate (its last
-exact gain; gains only shrink, F being submodular). At each step the candidate with the largest
-bound is evaluated exactly (a float64 sum over the points), then, in index order, every other
-candidate whose bound still reaches ``best − tol``, ``best`` the largest gain evaluated so far;
-among the candidates evaluated in this step, the lowest index within ``tol`` of the best is
-picked. A candidate left out has a bound, hence a gain, below ``best − tol`` (``best`` only
-grows): the pick is the naive greedy's under the same tie rule. The incremental greedy's kept
-gains carry rounding error (bounded as it goes, see :func:`_step`): it evaluates exactly,
-in the same way, every candidate within ``tol`` plus twice that bound of the largest kept gain.
-Every exact gain of a call is summed the same way (vectorised, with reassociation) from
-similarities computed by the same code (``exp`` included: the kernel's own, vectorised, less
-than 1 ulp from the exact value), and gains within ``tol`` count as tied, so both strategies
-pick alike. Cluster sizes are kept up to date as the picks come (each point's most similar pick
-so far, ties to the lowest index).
+exact gain; gains only shrink, F being submodular; for ``neg_distance`` and ``exp`` also lowered
+after each pick by what the pick certainly removes from it, see :func:`_tighten`). At each step
+the candidate with the largest bound is evaluated exactly (a float64 sum over the points), then,
+in index order, every other candidate whose bound still reaches ``best − tol``, ``best`` the
+largest gain evaluated so far; among the candidates evaluated in this step, the lowest index
+within ``tol`` of the best is picked. A candidate left out has a bound, hence a gain, below
+``best − tol`` (``best`` only grows): the pick is the naive greedy's under the same tie rule.
+The incremental greedy's kept gains carry rounding error (bounded as it goes, see
+:func:`_step`): it evaluates exactly, in the same way, every candidate within ``tol`` plus twice
+that bound of the largest kept gain. Every exact gain of a call is summed the same way
+(vectorised, with reassociation) from similarities computed by the same code (``exp`` included:
+the kernel's own, vectorised, less than 1 ulp from the exact value), and gains within ``tol``
+count as tied, so both strategies pick alike. Cluster sizes are kept up to date as the picks
+come (each point's most similar pick so far, ties to the lowest index).
 
 numba is imported on first use; :func:`available` says whether it can be.
 """
@@ -75,12 +76,13 @@ _PACK = 4096
 # exp of anything below this is 0 in float64 (and 2^k of its k is a product of two normals)
 _EXP_LOW = -746.0
 # helpers whose loops are reductions: reassociation lets them vectorise
-_REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_finish")
+_REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_sqrt_rows", "_finish", "_mirror")
 # helpers whose multiply-adds may be fused (the exp polynomial: fewer operations, less rounding)
 _CONTRACTED = ("_exp_reduce",)
 _HELPERS = (
-    "_exp_reduce", "_exp_neg", "_exp_triangle", "_raw", "_sqrt_max", "_finish",
-    "_similarity", "_gain", "_gain_at", "_tie_tolerance", "_take", "_finish_problem", "_greedy",
+    "_exp_reduce", "_exp_neg", "_exp_triangle", "_raw", "_sqrt_max", "_sqrt_rows", "_finish",
+    "_mirror", "_similarity", "_gain", "_gain_at", "_tie_tolerance", "_tighten", "_take",
+    "_finish_problem", "_greedy",
     "_first_gains", "_pair_sums", "_gains_from_sums", "_sim_row", "_buffers", "_step", "_reach",
     "_raw_block", "_clamp_into", "_correct", "_incremental",
 )  # fmt: skip
@@ -337,8 +339,9 @@ def _solve_all(
         if m <= matrix_max:
             sim, first = _similarity(xt, kind, eps)
             _greedy(
-                sim, first, int(k[b]), eps, rows[:m], indices[b], gains[b], weights[b], cover[b]
-            )
+                sim, first, int(k[b]), eps, kind != 2, rows[:m],
+                indices[b], gains[b], weights[b], cover[b],
+            )  # fmt: skip
         else:
             first, top, err = _first_gains(xt, kind)
             _incremental(
@@ -459,24 +462,54 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
         for r in range(4):  # are computed too; the mirror overwrites them with the same values)
             ids[r] = a0 + r
         _raw_block(xt, ids, 0, a0 + 4, kind, sim[a0 : a0 + 4])
+        if kind != 2:  # (whole rows of the block: vectorised to the end, no scalar rest)
+            top = _sqrt_rows(sim, a0, a0 + 4, a0 + 4, top)
     for a in range(full, m):  # ... and the last rows one by one
         for t in range(d):
             xj[t] = xt[t, a]
         _raw(xt, xj, a + 1, kind, sim[a])
-    if kind != 2:
-        for a in range(m):
-            top = _sqrt_max(sim[a], a + 1, top)
+        if kind != 2:
+            top = _sqrt_rows(sim, a, a + 1, a + 1, top)
     if kind == 1:  # exp on the triangle only (kind 0 needs the largest distance first)
         _exp_triangle(sim, d)
+    first = np.zeros(m, dtype=np.float64)
+    _mirror(sim, kind, top, eps, first)
+    return sim, first
+
+
+def _sqrt_rows(sim: Array, start: int, stop: int, width: int, top: float) -> float:
+    """:func:`_sqrt_max` of ``sim[a, :width]`` for the rows ``start ≤ a < stop`` (indexing the
+    matrix: a view per row costs more than the row's square roots at this size)."""
+    for a in range(start, stop):
+        for c in range(width):
+            sim[a, c] = math.sqrt(sim[a, c])
+        for c in range(width):
+            if sim[a, c] > top:
+                top = sim[a, c]
+    return top
+
+
+def _mirror(sim: Array, kind: int, top: float, eps: float, first: Array) -> None:
+    """From the lower triangle (with the diagonal): distances (kind 0) to similarities
+    ``top − d``, the upper triangle mirrored, and ``first`` (zeros) set to upper bounds of the
+    row sums ``Σ_c max(s, 0)`` (each pair's term added to both of its rows; a margin for their
+    rounding). One pass over the matrix, indexing it: no view per row."""
+    m = sim.shape[0]
     for a in range(m):
+        if kind == 0:
+            for c in range(a + 1):
+                sim[a, c] = top - sim[a, c]
+        total = 0.0
+        for c in range(a):
+            term = max(sim[a, c], 0.0)
+            total += term
+            first[c] += term
+        first[a] += total + max(sim[a, a], 0.0)
         for c in range(a):
             sim[c, a] = sim[a, c]
-    first = np.empty(m, dtype=np.float64)
     for a in range(m):
-        total = _finish(sim[a], m, kind, top)
         # m nonnegative terms: any two summation orders differ by less than 2·m·eps·total
-        first[a] = total + 4.0 * m * eps * total
-    return sim, first
+        first[a] += 4.0 * m * eps * first[a]
 
 
 def _exp_triangle(sim: Array, dim: int) -> None:
@@ -610,6 +643,7 @@ def _greedy(
     first: Array,
     budget: int,
     eps: float,
+    tighten: bool,
     rows: Array,
     indices: Array,
     gains: Array,
@@ -617,7 +651,8 @@ def _greedy(
     cover: Array,
 ) -> None:
     """The lazy greedy on a stored similarity matrix ``sim`` (``first``: bounds of the first
-    gains); writes the problem's outputs."""
+    gains; ``tighten``: whether each row's largest similarity is its diagonal, see
+    :func:`_tighten`); writes the problem's outputs."""
     m = sim.shape[0]
     cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
     near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
@@ -627,6 +662,11 @@ def _greedy(
     fresh = np.zeros(m, dtype=np.int64)
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
+    largest = 0.0  # no gain exceeds the largest first bound
+    for j in range(m):
+        largest = max(largest, first[j])
+    # each gain's rounding is below m·eps64·largest / 2: what _tighten adds back per step
+    slack = 4.0 * m * _EPS64 * largest
     for step in range(budget):
         stamp = step + 1
         # nothing is exact yet: evaluate the largest bound
@@ -659,8 +699,26 @@ def _greedy(
         picks[step] = pick
         gains[step] = bound[pick]
         bound[pick] = -np.inf
+        if tighten:
+            _tighten(sim, pick, cur, bound, slack)
         _take(sim[pick], pick, cur, near, owner)
     _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+
+
+def _tighten(sim: Array, pick: int, cur: Array, bound: Array, slack: float) -> None:
+    """Lower every bound by what the pick certainly removes from the candidate's gain, where
+    each row's largest similarity is its diagonal (``s(j, j) ≥ s(i, j)``: kinds 0 and 1).
+    Two terms of ``g_j = Σ_i max(s(i, j) − cur_i, 0)`` are known to shrink: the pick's own
+    (``i = pick``: its ``cur`` becomes ``s(pick, pick)`` ≥ every ``s(pick, j)``, so the term
+    becomes 0; it was at least ``max(s(pick, j) − cur_pick, 0)`` whenever the bound was
+    evaluated, ``cur`` only growing) and the candidate's (``i = j``: ``s(j, j) − cur_j`` falls
+    by the rise of ``cur_j``). Other terms only shrink. ``slack`` (added back each step) covers
+    the rounding of the evaluated gains and of these subtractions, so a bound stays at or above
+    the gain :func:`_gain_at` would return. ``cur`` is still the one before the pick."""
+    base = cur[pick]
+    for j in range(cur.shape[0]):
+        s = sim[pick, j]
+        bound[j] -= max(s - base, 0.0) + max(s - cur[j], 0.0) - slack
 
 
 def _tie_tolerance(best: float, m: int, eps: float) -> float:
