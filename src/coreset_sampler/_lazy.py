@@ -109,7 +109,8 @@ def solve(
     matrix_max: int = _MATRIX_MAX,
     threads: int = 1,
 ) -> tuple[Array, Array, Array, Array, int]:
-    """Greedy facility location on every problem of ``feats`` ``[B, n, d]``.
+    """Greedy facility location on every problem of ``feats`` ``[B, n, d]`` (float32 is read as
+    it is, other dtypes are cast to float64; the kernel computes in float64).
 
     ``mask`` ``[B, n]`` bool, ``k`` ``[B]`` int64 budgets (each at most its valid count), ``kind``
     a similarity name (``"cosine"`` features already normalised), ``eps`` the machine epsilon of
@@ -129,7 +130,10 @@ def solve(
     """
     kernel = _compiled()
     batch, n, d = feats.shape
-    feats = np.ascontiguousarray(feats, dtype=np.float64)
+    # (a float32 copy costs more than the kernel's own reading of it, for CREST's selection)
+    feats = np.ascontiguousarray(
+        feats, dtype=feats.dtype if feats.dtype == np.float32 else np.float64
+    )
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
     k = np.ascontiguousarray(k, dtype=np.int64)
     indices = np.full((batch, kmax), -1, dtype=np.int64)
@@ -138,10 +142,12 @@ def solve(
     cover = np.zeros((batch, n), dtype=np.float64)
     code = _KINDS[kind]
     later = np.zeros(batch, dtype=np.bool_)  # problems left to the threaded loop below
+    any_later = False
     parts = 1
     if threads > 1 and (n > matrix_max or batch * n * (n + 1) // 2 * (d + 10) >= _SPLIT_MIN_WORK):
         counts = mask.sum(1)
         later = counts > matrix_max
+        any_later = bool(later.any())
         # work of the problems solved in the kernel call: their pairs times (d + 10)
         work = np.where(later, 0, counts * (counts + 1) // 2 * (d + 10)).cumsum()
         if batch > 1 and work[-1] >= _SPLIT_MIN_WORK:
@@ -163,11 +169,11 @@ def solve(
         found = [b for b in _run(None, [partial(part, a, b) for a, b in pairwise(cuts)]) if b != -1]
         # the error of the first problem with one
         bad = min(found, key=lambda error: error // n if error >= 0 else -2 - error, default=-1)
-    if bad == -1 and later.any():
+    if bad == -1 and any_later:
         with ThreadPoolExecutor(threads - 1, thread_name_prefix="coreset_sampler") as pool:
             for b in np.flatnonzero(later):
                 rows = np.flatnonzero(mask[b])
-                xt = np.ascontiguousarray(feats[b, rows].T)
+                xt = np.ascontiguousarray(feats[b, rows].T, dtype=np.float64)
                 _incremental_threads(
                     xt, code, int(k[b]), float(eps), rows, indices[b], gains[b], weights[b],
                     cover[b], pool, threads,

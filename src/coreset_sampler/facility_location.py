@@ -249,12 +249,13 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
         row_ok[bad] = False
         _raise_first_bad_row(row_ok.reshape(p.mask.shape), p.lead_shape, "features")
     lead = p.lead_shape
-    out = np.float32 if p.dtype == torch.float32 else np.float64  # (NumPy casts cost less here)
+    # (casts and reshapes in NumPy: they cost less than PyTorch's at this size)
+    out = np.float32 if p.dtype == torch.float32 else np.float64
     return FacilityLocationResult(
-        indices=torch.from_numpy(indices).reshape(*lead, -1),
-        weights=torch.from_numpy(weights.astype(out)).reshape(*lead, -1),
-        gains=torch.from_numpy(gains.astype(out)).reshape(*lead, -1),
-        objective=torch.from_numpy(cover.sum(1).astype(out)).reshape(lead),
+        indices=torch.from_numpy(indices.reshape(*lead, -1)),
+        weights=torch.from_numpy(weights.astype(out, copy=False).reshape(*lead, -1)),
+        gains=torch.from_numpy(gains.astype(out, copy=False).reshape(*lead, -1)),
+        objective=torch.from_numpy(cover.sum(1).astype(out, copy=False).reshape(lead)),
     )
 
 
