@@ -841,6 +841,86 @@ def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["lazy", "incremental"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_lazy_kernel_on_a_stored_matrix_equals_reference(similarity: str, matrix_max: int) -> None:
+    """solve_matrix (distances or dot products given): the naive greedy's picks, gains, cluster
+    sizes and objective on each problem's valid rows, with both greedy strategies; only the
+    lower triangle of the valid rows and columns is read (NaN elsewhere changes nothing)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 40, 70))
+    if similarity == "cosine":
+        x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    mask = np.ones((3, 40), dtype=bool)
+    mask[1, 30:] = False
+    mask[2, ::7] = False
+    k = np.array([7, 5, 34])
+    if similarity in ("neg_distance", "exp"):
+        raw = np.sqrt(((x[:, :, None] - x[:, None]) ** 2).sum(-1))
+    else:
+        raw = x @ x.transpose(0, 2, 1)
+    given = raw.copy()
+    given[:, ~np.tri(40, dtype=bool)] = np.nan  # the upper triangle is never read ...
+    given[~mask] = np.nan  # ... nor are padding rows and columns
+    given.transpose(0, 2, 1)[~mask] = np.nan
+    indices, gains, weights, cover = _lazy.solve_matrix(
+        given, mask, k, 34, similarity, 70, 2.0**-52, matrix_max
+    )
+    for b in range(3):
+        keep = np.flatnonzero(mask[b])
+        r = raw[b][np.ix_(keep, keep)]
+        sim = {"neg_distance": r.max() - r, "exp": np.exp(-r / 70)}.get(similarity, r)
+        selected, ref_gains, obj = naive_greedy(sim, int(k[b]))
+        assert indices[b, : k[b]].tolist() == keep[selected].tolist()
+        assert (indices[b, k[b] :] == -1).all()
+        np.testing.assert_allclose(gains[b, : k[b]], ref_gains, rtol=1e-12, atol=1e-12)
+        assert weights[b, : k[b]].tolist() == cluster_sizes(sim, selected)
+        assert cover[b].sum() == pytest.approx(obj, rel=1e-12)
+        assert (cover[b, ~mask[b]] == 0).all()
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_auto_with_many_features_runs_the_kernel_on_matrix_products(
+    similarity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above 64 features "auto" computes the distances with one float64 matrix product and runs
+    the compiled greedy on them: the naive method's picks on ragged problems (NaN in padding
+    rows allowed), and the kernel's errors for non-finite or too large valid rows."""
+    calls: list[tuple[int, ...]] = []
+    solve_matrix = _lazy.solve_matrix
+
+    def spy(raw: np.ndarray, *args: object) -> object:
+        calls.append(raw.shape)
+        return solve_matrix(raw, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_lazy, "solve_matrix", spy)
+    x = rng_features(12, 4, 60, 80)
+    mask = torch.ones(4, 60, dtype=torch.bool)
+    mask[1, 45:] = False
+    x[1, 50] = math.nan
+    k = torch.tensor([9, 4, 60, 1])
+    auto = greedy_facility_location(x, k, mask=mask, similarity=similarity)  # type: ignore[arg-type]
+    assert calls == [(4, 60, 60)]
+    naive = greedy_facility_location(x, k, mask=mask, similarity=similarity, method="naive")  # type: ignore[arg-type]
+    assert torch.equal(auto.indices, naive.indices) and torch.equal(auto.weights, naive.weights)
+    torch.testing.assert_close(auto.objective, naive.objective, rtol=1e-12, atol=1e-12)
+    bad = x.clone()
+    bad[2, 7, 3] = math.inf
+    with pytest.raises(ValueError, match=r"features of problem 2 contain non-finite .* row 7"):
+        greedy_facility_location(bad, 3, mask=mask, similarity=similarity)  # type: ignore[arg-type]
+    if similarity != "cosine":  # (cosine features are normalised first)
+        bad = x.clone()
+        bad[3, 5] = 1e160
+        with pytest.raises(ValueError, match="features of problem 3 are too large"):
+            greedy_facility_location(bad, 3, mask=mask, similarity=similarity)  # type: ignore[arg-type]
+    # a [B, n, n] matrix above _DENSE_MAX_ELEMENTS keeps "auto" on the PyTorch path
+    monkeypatch.setattr("coreset_sampler.facility_location._DENSE_MAX_ELEMENTS", 4 * 60 * 60 - 1)
+    greedy_facility_location(x, k, mask=mask, similarity=similarity)  # type: ignore[arg-type]
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 def test_auto_uses_the_lazy_kernel_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
     solve = _lazy.solve

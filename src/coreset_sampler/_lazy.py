@@ -49,6 +49,9 @@ import numpy.typing as npt
 Array = npt.NDArray[Any]
 
 _KINDS = {"neg_distance": 0, "exp": 1, "cosine": 2, "dot": 2}
+# internal kind: similarity rows read from a stored symmetric matrix (solve_matrix, above
+# matrix_max), in place of the features
+_STORED = 3
 # up to this many points a problem's similarity matrix is stored (float64: 34 MB at 2048) and
 # the greedy is lazy; above, it is incremental, similarity rows recomputed from the features
 _MATRIX_MAX = 2048
@@ -76,17 +79,18 @@ _PACK = 4096
 # exp of anything below this is 0 in float64 (and 2^k of its k is a product of two normals)
 _EXP_LOW = -746.0
 # helpers whose loops are reductions: reassociation lets them vectorise
-_REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_sqrt_rows", "_finish", "_mirror")
+_REDUCTIONS = ("_gain", "_gain_at", "_sqrt_max", "_sqrt_rows", "_finish", "_mirror", "_largest")
 # helpers whose multiply-adds may be fused (the exp polynomial: fewer operations, less rounding)
 _CONTRACTED = ("_exp_reduce",)
 _HELPERS = (
     "_exp_reduce", "_exp_neg", "_exp_triangle", "_raw", "_sqrt_max", "_sqrt_rows", "_finish",
-    "_mirror", "_similarity", "_gain", "_gain_at", "_tie_tolerance", "_tighten", "_take",
-    "_finish_problem", "_greedy",
+    "_mirror", "_similarity", "_valid_rows", "_largest", "_gain", "_gain_at", "_tie_tolerance",
+    "_tighten", "_take", "_finish_problem", "_greedy",
     "_first_gains", "_pair_sums", "_gains_from_sums", "_sim_row", "_buffers", "_step", "_reach",
     "_raw_block", "_clamp_into", "_correct", "_incremental",
 )  # fmt: skip
 _kernel: Any = None
+_matrix_kernel: Any = None
 _import_error: BaseException | None = None
 
 
@@ -179,6 +183,39 @@ def solve(
                     cover[b], pool, threads,
                 )  # fmt: skip
     return indices, gains, weights, cover, bad
+
+
+def solve_matrix(
+    raw: Array,
+    mask: Array,
+    k: Array,
+    kmax: int,
+    kind: str,
+    dim: int,
+    eps: float,
+    matrix_max: int = _MATRIX_MAX,
+) -> tuple[Array, Array, Array, Array]:
+    """The greedy of :func:`solve` on precomputed ``raw`` ``[B, n, n]`` float64 values
+    (overwritten): distances for ``neg_distance`` and ``exp`` (with a zero diagonal), dot
+    products for ``cosine`` and ``dot``; only the lower triangle (with the diagonal) of each
+    problem's valid rows and columns (``mask``) is read. ``dim`` is the features' dimension
+    (for ``exp``). Each problem's similarity is made from them in place as :func:`solve` makes
+    it from the features (symmetric: the upper triangle mirrors the lower), then the lazy
+    greedy runs on it up to ``matrix_max`` points, the incremental one above (rows read from
+    the matrix, ``O(m)`` each). Returns ``indices``, ``gains``, ``weights`` and ``cover`` as
+    :func:`solve` does; the caller checks that the values are finite."""
+    _compiled()
+    batch, n, _ = raw.shape
+    indices = np.full((batch, kmax), -1, dtype=np.int64)
+    gains = np.zeros((batch, kmax), dtype=np.float64)
+    weights = np.zeros((batch, kmax), dtype=np.float64)
+    cover = np.zeros((batch, n), dtype=np.float64)
+    _matrix_kernel(
+        np.ascontiguousarray(raw, dtype=np.float64), np.ascontiguousarray(mask, dtype=np.bool_),
+        np.ascontiguousarray(k, dtype=np.int64), _KINDS[kind], int(dim), float(eps),
+        int(matrix_max), indices, gains, weights, cover,
+    )  # fmt: skip
+    return indices, gains, weights, cover
 
 
 def _incremental_threads(
@@ -282,6 +319,8 @@ def _compiled() -> Any:
             fast = {"contract"}
         jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=fast)
         module[name] = jit(module[name])
+    global _matrix_kernel
+    _matrix_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_solve_matrix_all)
     _kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_solve_all)
     return _kernel
 
@@ -317,11 +356,7 @@ def _solve_all(
     batch, n, d = feats.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
-        m = 0
-        for i in range(n):
-            if mask[b, i]:
-                rows[m] = i
-                m += 1
+        m = _valid_rows(mask[b], rows)
         xt = np.empty((d, m), dtype=np.float64)  # by column: the inner loops run over points
         probe = 0.0  # NaN once any value is NaN or infinite (x · 0)
         norm = 0.0  # the largest squared norm of a point
@@ -355,6 +390,74 @@ def _solve_all(
                 indices[b], gains[b], weights[b], cover[b],
             )  # fmt: skip
     return -1
+
+
+def _solve_matrix_all(
+    raw: Array,
+    mask: Array,
+    k: Array,
+    kind: int,
+    dim: int,
+    eps: float,
+    matrix_max: int,
+    indices: Array,
+    gains: Array,
+    weights: Array,
+    cover: Array,
+) -> None:
+    """:func:`solve_matrix`'s compiled loop over the problems."""
+    batch, n, _ = raw.shape
+    rows = np.empty(n, dtype=np.int64)
+    for b in range(batch):
+        m = _valid_rows(mask[b], rows)
+        if m == n:
+            sim = raw[b]
+        else:  # the valid rows and columns, packed
+            sim = np.empty((m, m), dtype=np.float64)
+            for a in range(m):
+                for c in range(m):
+                    sim[a, c] = raw[b, rows[a], rows[c]]
+        # the similarity as _similarity makes it, from the lower triangle: the upper one is
+        # overwritten by its mirror image (a matrix product need not be exactly symmetric)
+        top = 0.0  # the largest distance
+        if kind == 0:
+            for a in range(m):
+                top = _largest(sim[a], a + 1, top)
+        if kind == 1:
+            _exp_triangle(sim, dim)
+        first = np.zeros(m, dtype=np.float64)
+        budget = int(k[b])
+        if m <= matrix_max:
+            _mirror(sim, kind, top, eps, first)  # bounds of the first gains
+            _greedy(
+                sim, first, budget, eps, kind != 2, rows[:m],
+                indices[b], gains[b], weights[b], cover[b],
+            )  # fmt: skip
+        else:
+            _mirror(sim, kind, top, 0.0, first)  # (eps 0: the sums themselves)
+            g, err = _gains_from_sums(first, 0.0, 2)
+            _incremental(
+                sim, _STORED, 0.0, g, err, budget, eps, rows[:m],
+                indices[b], gains[b], weights[b], cover[b],
+            )  # fmt: skip
+
+
+def _valid_rows(valid: Array, rows: Array) -> int:
+    """Write the indices of the ``True`` entries of ``valid`` into ``rows``; return their
+    count."""
+    m = 0
+    for i in range(valid.shape[0]):
+        if valid[i]:
+            rows[m] = i
+            m += 1
+    return m
+
+
+def _largest(values: Array, upto: int, top: float) -> float:
+    """The largest of ``values[:upto]`` and ``top``."""
+    for c in range(upto):
+        top = max(top, values[c])
+    return top
 
 
 def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
@@ -631,8 +734,12 @@ def _sim_row(
     xt: Array, kind: int, top: float, j: int, xj: Array, out: Array, scratch: Array
 ) -> Array:
     """s(j, ·) computed from the features into ``out`` (when there is no matrix; ``scratch``:
-    see :func:`_exp_neg`)."""
+    see :func:`_exp_neg`), or, kind ``_STORED``, copied from the similarity matrix ``xt``."""
     d, m = xt.shape
+    if kind == _STORED:  # xt is the similarity matrix
+        for c in range(m):
+            out[c] = xt[j, c]
+        return out
     for t in range(d):
         xj[t] = xt[t, j]
     _raw(xt, xj, m, kind, out)
@@ -964,6 +1071,12 @@ def _raw_block(xt: Array, ids: Array, c0: int, width: int, kind: int, acc: Array
     ``c0 + c``, for the four rows ``r``, sharing each load of ``xt`` (the same operations in the
     same order as :func:`_raw`)."""
     d = xt.shape[0]
+    if kind == _STORED:  # xt is the similarity matrix: its rows, as they are
+        for r in range(4):
+            i = ids[r]
+            for c in range(width):
+                acc[r, c] = xt[i, c0 + c]
+        return
     a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
     for c in range(width):
         a0[c] = 0.0
@@ -1030,7 +1143,7 @@ def _clamp_into(
     ``reach`` give ``s ≤ lo`` and are skipped."""
     for c in range(width):
         v = raw[c]
-        if kind == 2:
+        if kind >= 2:  # (dot products, or similarities read from the matrix)
             s = v
         elif v >= reach:
             continue

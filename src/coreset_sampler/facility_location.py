@@ -42,8 +42,9 @@ _CHUNK_ELEMENTS = 1 << 18
 _DENSE_MAX_ELEMENTS = 1 << 25
 # "auto" uses the naive dense greedy for problems up to this size, the incremental one above.
 _NAIVE_MAX_N = 128
-# "auto" runs the compiled greedy up to this many features (above, PyTorch's matrix products
-# compute distances faster)
+# Up to this many features the compiled greedy computes distances itself; above, they come from
+# a float64 matrix product in PyTorch (faster there), when the [B, n, n] matrix has at most
+# _DENSE_MAX_ELEMENTS elements; "auto" runs the compiled greedy in either case
 _LAZY_MAX_D = 64
 
 
@@ -213,9 +214,15 @@ def _lazy_fits(
         and chunk_size is None
         and features.device.type == "cpu"
         and features.dim() >= 2
-        and features.shape[-1] <= _LAZY_MAX_D
+        and (features.shape[-1] <= _LAZY_MAX_D or _from_products(features.shape))
         and _lazy.available()
     )
+
+
+def _from_products(shape: torch.Size) -> bool:
+    """Whether ``method="lazy"`` gets its distances from a float64 matrix product (more than
+    ``_LAZY_MAX_D`` features, and a ``[B, n, n]`` matrix of at most ``_DENSE_MAX_ELEMENTS``)."""
+    return shape[-1] > _LAZY_MAX_D and math.prod(shape[:-1]) * shape[-2] <= _DENSE_MAX_ELEMENTS
 
 
 def _lazy_result(p: _Problem) -> FacilityLocationResult:
@@ -230,24 +237,28 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
             f"method='lazy' runs on the CPU, but the features are on {p.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
-    indices, gains, weights, cover, bad = _lazy.solve(
-        p.features.detach().numpy(),
-        p.mask.numpy(),
-        p.k.numpy(),
-        p.kmax,
-        p.kind,
-        torch.finfo(p.dtype).eps,
-        threads=torch.get_num_threads(),
-    )
-    if bad <= -2:
-        raise ValueError(
-            f"features of {_problem_name(-2 - bad, p.lead_shape)} are too large for float64 "
-            f"similarities (a squared norm above {_lazy._NORM_MAX:g}): rescale them"
+    eps = torch.finfo(p.dtype).eps
+    if _from_products(p.features.shape):
+        raw = _raw_products(p)
+        indices, gains, weights, cover = _lazy.solve_matrix(
+            raw.numpy(), p.mask.numpy(), p.k.numpy(), p.kmax, p.kind, p.features.shape[-1], eps
         )
-    if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
-        row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
-        row_ok[bad] = False
-        _raise_first_bad_row(row_ok.reshape(p.mask.shape), p.lead_shape, "features")
+    else:
+        indices, gains, weights, cover, bad = _lazy.solve(
+            p.features.detach().numpy(),
+            p.mask.numpy(),
+            p.k.numpy(),
+            p.kmax,
+            p.kind,
+            eps,
+            threads=torch.get_num_threads(),
+        )
+        if bad <= -2:
+            _raise_too_large(-2 - bad, p.lead_shape)
+        if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
+            row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
+            row_ok[bad] = False
+            _raise_first_bad_row(row_ok.reshape(p.mask.shape), p.lead_shape, "features")
     lead = p.lead_shape
     # (casts and reshapes in NumPy: they cost less than PyTorch's at this size)
     out = np.float32 if p.dtype == torch.float32 else np.float64
@@ -257,6 +268,36 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
         gains=torch.from_numpy(gains.astype(out, copy=False).reshape(*lead, -1)),
         objective=torch.from_numpy(cover.sum(1).astype(out, copy=False).reshape(lead)),
     )
+
+
+def _raise_too_large(flat: int, lead: tuple[int, ...]) -> None:
+    raise ValueError(
+        f"features of {_problem_name(flat, lead)} are too large for float64 similarities (a "
+        f"squared norm above {_lazy._NORM_MAX:g}): rescale them"
+    )
+
+
+def _raw_products(p: _Problem) -> Tensor:
+    """For :func:`_lazy.solve_matrix`: float64 ``[B, n, n]`` distances (zero diagonal; kinds
+    ``neg_distance``, ``exp``) or dot products, from one batched matrix product, padding rows
+    zeroed. Checks the valid rows as the compiled kernel does (finite values, squared norms
+    at most ``_lazy._NORM_MAX``)."""
+    assert p.features is not None
+    feats = p.features.detach()
+    row_ok = torch.isfinite(feats).all(-1) | ~p.mask
+    if not bool(row_ok.all()):
+        _raise_first_bad_row(row_ok, p.lead_shape, "features")
+    x = torch.where(p.mask[..., None], feats, 0.0).double()
+    sq_norm = (x * x).sum(-1)
+    too_large = (sq_norm > _lazy._NORM_MAX).any(-1).nonzero()
+    if too_large.numel():
+        _raise_too_large(int(too_large[0]), p.lead_shape)
+    if p.kind in ("cosine", "dot"):
+        return torch.bmm(x, x.transpose(-1, -2))
+    raw = torch.baddbmm(sq_norm.unsqueeze(-2), x, x.transpose(-1, -2), beta=1.0, alpha=-2.0)
+    raw.add_(sq_norm.unsqueeze(-1)).clamp_min_(0.0)
+    raw.diagonal(dim1=-2, dim2=-1).zero_()  # (the product's rounding leaves tiny values there)
+    return raw.sqrt_()
 
 
 # --------------------------------------------------------------------------------------------
