@@ -118,18 +118,22 @@ def greedy_facility_location(
       ``n×n`` similarity is built first (each pair once, ``O(n²·d)``) and kept, ``O(n²)``
       memory, then the greedy with lazy evaluation (a candidate's gain, ``O(n)``, is recomputed
       only while its stale upper bound can still reach the best: on random 10-d data about
-      ``n/4`` candidates per step at ``n = 50``, ``n/20`` at ``n = 500`` to ``1280``). Above
+      ``n/5`` candidates per step at ``n = 50``, ``n/20`` at ``n = 500`` to ``1280``). Above
       2048 points nothing quadratic is stored: the greedy is incremental as above, similarity
       rows recomputed from the features (``O(n·d)`` each, about ``6·n`` rows in all on random
-      10-d data), ``O(n·d)`` memory. With ``torch.get_num_threads() > 1``, a batch with
+      10-d data), ``O(n·d)`` memory. With ``d > 64`` and a ``[B, n, n]`` matrix of at most
+      ``2**25`` elements, the distances (or dot products) come instead from one batched
+      float64 matrix product in PyTorch (``O(B·n²)`` float64 memory), and the same greedy runs
+      on the stored matrix (lazy up to 2048 points, incremental with rows read from the
+      matrix above). With ``torch.get_num_threads() > 1``, a batch with
       enough work (about 1.5 ms) is split over that many threads, as are the passes of a
       problem above 2048 points (threads made for the call; the result does not depend on
       them). No per-step PyTorch overhead: the fastest method for CREST's many small problems,
       and for large ones with few features. The first call in a process compiles the kernel (a
       few seconds; cached on disk after that).
-    * ``"auto"``: on CPU with numba installed, lazy for ``d ≤ 64`` (named similarities, no
-      ``chunk_size``); otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else
-      incremental.
+    * ``"auto"``: on CPU with numba installed, lazy (named similarities, no ``chunk_size``)
+      for ``d ≤ 64``, and above when the ``[B, n, n]`` matrix has at most ``2**25`` elements;
+      otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else incremental.
 
     Distances are computed from differences when ``d ≤ 32`` and through a float64 matrix
     product above, never from a float32 ``‖a‖² + ‖b‖² − 2ab``, whose rounding changes picks.
