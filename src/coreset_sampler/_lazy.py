@@ -198,7 +198,7 @@ def solve_matrix(
     """The greedy of :func:`solve` on precomputed ``raw`` ``[B, n, n]`` float64 values
     (overwritten): distances for ``neg_distance`` and ``exp`` (with a zero diagonal), dot
     products for ``cosine`` and ``dot``; only the lower triangle (with the diagonal) of each
-    problem's valid rows and columns (``mask``) is read. ``dim`` is the features' dimension
+    problem's valid rows and columns (``mask``) is used. ``dim`` is the features' dimension
     (for ``exp``). Each problem's similarity is made from them in place as :func:`solve` makes
     it from the features (symmetric: the upper triangle mirrors the lower), then the lazy
     greedy runs on it up to ``matrix_max`` points, the incremental one above (rows read from
@@ -971,7 +971,7 @@ def _step(
     """
     d, m = xt.shape
     err, tol, largest = scalars[0], scalars[1], scalars[2]
-    xj = np.empty(d, dtype=np.float64)
+    xj = np.empty(0 if kind == _STORED else d, dtype=np.float64)
     scratch = np.empty((2, m if kind == 1 else 0), dtype=np.float64)
     lead = -1
     for j in range(m):

@@ -121,22 +121,25 @@ def greedy_facility_location(
       ``n/5`` candidates per step at ``n = 50``, ``n/20`` at ``n = 500`` to ``1280``). Above
       2048 points nothing quadratic is stored: the greedy is incremental as above, similarity
       rows recomputed from the features (``O(n·d)`` each, about ``6·n`` rows in all on random
-      10-d data), ``O(n·d)`` memory. With ``d > 64`` and a ``[B, n, n]`` matrix of at most
-      ``2**25`` elements, the distances (or dot products) come instead from one batched
-      float64 matrix product in PyTorch (``O(B·n²)`` float64 memory), and the same greedy runs
-      on the stored matrix (lazy up to 2048 points, incremental with rows read from the
-      matrix above). With ``torch.get_num_threads() > 1``, a batch with
-      enough work (about 1.5 ms) is split over that many threads, as are the passes of a
-      problem above 2048 points (threads made for the call; the result does not depend on
-      them). No per-step PyTorch overhead: the fastest method for CREST's many small problems,
+      10-d data), ``O(n·d)`` memory. With ``d > 64``, features that are not float64 and a
+      ``[B, n, n]`` matrix of at most ``2**25`` elements, the distances (or dot products) come
+      instead from one batched float64 matrix product in PyTorch, of the points centred on
+      their mean (``O(B·n²)`` float64 memory), and the same greedy runs on the stored matrix,
+      in one thread (lazy up to 2048 points, incremental with rows read from the matrix
+      above). Otherwise, with ``torch.get_num_threads() > 1``, a batch with enough work (about
+      1.5 ms) is split over that many threads, as are the passes of a problem above 2048 points
+      (threads made for the call; the result does not depend on them). No per-step PyTorch overhead: the fastest method for CREST's many small problems,
       and for large ones with few features. The first call in a process compiles the kernel (a
       few seconds; cached on disk after that).
     * ``"auto"``: on CPU with numba installed, lazy (named similarities, no ``chunk_size``)
-      for ``d ≤ 64``, and above when the ``[B, n, n]`` matrix has at most ``2**25`` elements;
+      for ``d ≤ 64``, and above for features that are not float64 when the ``[B, n, n]``
+      matrix has at most ``2**25`` elements;
       otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else incremental.
 
-    Distances are computed from differences when ``d ≤ 32`` and through a float64 matrix
-    product above, never from a float32 ``‖a‖² + ‖b‖² − 2ab``, whose rounding changes picks.
+    Distances are computed from differences when ``d ≤ 32`` or the features are float64, and
+    otherwise through a float64 matrix product (``lazy`` above 64 features: of the points
+    centred on their mean), never from a float32 ``‖a‖² + ‖b‖² − 2ab``, whose rounding changes
+    picks.
 
     Args:
         features: ``[..., n, d]`` float tensor; half precision is computed in float32. ``None``
@@ -218,15 +221,21 @@ def _lazy_fits(
         and chunk_size is None
         and features.device.type == "cpu"
         and features.dim() >= 2
-        and (features.shape[-1] <= _LAZY_MAX_D or _from_products(features.shape))
+        and (features.shape[-1] <= _LAZY_MAX_D or _from_products(features))
         and _lazy.available()
     )
 
 
-def _from_products(shape: torch.Size) -> bool:
-    """Whether ``method="lazy"`` gets its distances from a float64 matrix product (more than
-    ``_LAZY_MAX_D`` features, and a ``[B, n, n]`` matrix of at most ``_DENSE_MAX_ELEMENTS``)."""
-    return shape[-1] > _LAZY_MAX_D and math.prod(shape[:-1]) * shape[-2] <= _DENSE_MAX_ELEMENTS
+def _from_products(features: Tensor) -> bool:
+    """Whether ``method="lazy"`` gets its distances from a float64 matrix product: more than
+    ``_LAZY_MAX_D`` features, not float64 (whose distances come from differences, as in
+    :func:`_distances`), and a ``[B, n, n]`` matrix of at most ``_DENSE_MAX_ELEMENTS``."""
+    shape = features.shape
+    return (
+        shape[-1] > _LAZY_MAX_D
+        and features.dtype != torch.float64
+        and math.prod(shape[:-1]) * shape[-2] <= _DENSE_MAX_ELEMENTS
+    )
 
 
 def _lazy_result(p: _Problem) -> FacilityLocationResult:
@@ -242,7 +251,7 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
             "method='auto', 'naive' or 'incremental' there)"
         )
     eps = torch.finfo(p.dtype).eps
-    if _from_products(p.features.shape):
+    if _from_products(p.features):
         raw = _raw_products(p)
         indices, gains, weights, cover = _lazy.solve_matrix(
             raw.numpy(), p.mask.numpy(), p.k.numpy(), p.kmax, p.kind, p.features.shape[-1], eps
@@ -284,20 +293,22 @@ def _raise_too_large(flat: int, lead: tuple[int, ...]) -> None:
 def _raw_products(p: _Problem) -> Tensor:
     """For :func:`_lazy.solve_matrix`: float64 ``[B, n, n]`` distances (zero diagonal; kinds
     ``neg_distance``, ``exp``) or dot products, from one batched matrix product, padding rows
-    zeroed. Checks the valid rows as the compiled kernel does (finite values, squared norms
-    at most ``_lazy._NORM_MAX``)."""
-    assert p.features is not None
+    zeroed; for distances the points are first centred on their problem's mean (the product's
+    rounding grows with the norms, the distances do not). Checks that the valid rows are
+    finite, as the compiled kernel does. (The features are float32 here: their float64
+    squared norms stay far below the kernel's ``_lazy._NORM_MAX``.)"""
+    assert p.features is not None and p.features.dtype == torch.float32
     feats = p.features.detach()
     row_ok = torch.isfinite(feats).all(-1) | ~p.mask
     if not bool(row_ok.all()):
         _raise_first_bad_row(row_ok, p.lead_shape, "features")
-    x = torch.where(p.mask[..., None], feats, 0.0).double()
-    sq_norm = (x * x).sum(-1)
-    too_large = (sq_norm > _lazy._NORM_MAX).any(-1).nonzero()
-    if too_large.numel():
-        _raise_too_large(int(too_large[0]), p.lead_shape)
+    keep = p.mask[..., None]
+    x = torch.where(keep, feats, 0.0).double()
     if p.kind in ("cosine", "dot"):
         return torch.bmm(x, x.transpose(-1, -2))
+    counts = p.mask.sum(-1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
+    x = torch.where(keep, x - x.sum(-2, keepdim=True) / counts, 0.0)
+    sq_norm = (x * x).sum(-1)
     raw = torch.baddbmm(sq_norm.unsqueeze(-2), x, x.transpose(-1, -2), beta=1.0, alpha=-2.0)
     raw.add_(sq_norm.unsqueeze(-1)).clamp_min_(0.0)
     raw.diagonal(dim1=-2, dim2=-1).zero_()  # (the product's rounding leaves tiny values there)
@@ -310,7 +321,8 @@ def _raw_products(p: _Problem) -> Tensor:
 
 
 class _Problem(NamedTuple):
-    features: Tensor | None  # [B, n, d] working dtype, padding rows zeroed (None if precomputed)
+    # [B, n, d] working dtype, padding rows zeroed but with method "lazy" (None if precomputed)
+    features: Tensor | None
     dense: Tensor | None  # [B, n, n] similarity (given, or materialised for small problems)
     mask: Tensor  # [B, n] bool
     k: Tensor  # [B] int64
