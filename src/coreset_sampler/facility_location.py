@@ -42,9 +42,10 @@ _CHUNK_ELEMENTS = 1 << 18
 _DENSE_MAX_ELEMENTS = 1 << 25
 # "auto" uses the naive dense greedy for problems up to this size, the incremental one above.
 _NAIVE_MAX_N = 128
-# Up to this many features the compiled greedy computes distances itself; above, they come from
-# a float64 matrix product in PyTorch (faster there), when the [B, n, n] matrix has at most
-# _DENSE_MAX_ELEMENTS elements; "auto" runs the compiled greedy in either case
+# Up to this many features the compiled greedy computes distances itself; above, for features
+# that are not float64, they come from a float64 matrix product in PyTorch (faster there), when
+# the [B, n, n] matrix has at most _DENSE_MAX_ELEMENTS elements; "auto" runs the compiled greedy
+# in either case
 _LAZY_MAX_D = 64
 
 
@@ -128,13 +129,13 @@ def greedy_facility_location(
       in one thread (lazy up to 2048 points, incremental with rows read from the matrix
       above). Otherwise, with ``torch.get_num_threads() > 1``, a batch with enough work (about
       1.5 ms) is split over that many threads, as are the passes of a problem above 2048 points
-      (threads made for the call; the result does not depend on them). No per-step PyTorch overhead: the fastest method for CREST's many small problems,
-      and for large ones with few features. The first call in a process compiles the kernel (a
-      few seconds; cached on disk after that).
+      (threads made for the call; the result does not depend on them). No per-step PyTorch
+      overhead: the fastest method for CREST's many small problems, and for large ones. The
+      first call in a process compiles the kernel (a few seconds; cached on disk after that).
     * ``"auto"``: on CPU with numba installed, lazy (named similarities, no ``chunk_size``)
       for ``d ≤ 64``, and above for features that are not float64 when the ``[B, n, n]``
-      matrix has at most ``2**25`` elements;
-      otherwise naive for ``n ≤ 128`` (unless ``chunk_size`` is given), else incremental.
+      matrix has at most ``2**25`` elements; otherwise naive for ``n ≤ 128`` (unless
+      ``chunk_size`` is given), else incremental.
 
     Distances are computed from differences when ``d ≤ 32`` or the features are float64, and
     otherwise through a float64 matrix product (``lazy`` above 64 features: of the points
