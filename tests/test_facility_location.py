@@ -841,6 +841,46 @@ def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("similarity", ["neg_distance", "exp", "dot"])
+def test_quick_lazy_call_equals_the_general_path(
+    similarity: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a mask and with an int budget, "auto" and "lazy" skip the PyTorch problem
+    description (_prepare): the same result as with an all-True mask (the general path), the
+    same dtypes and shapes, and the same errors from the kernel's checks."""
+    from coreset_sampler import facility_location
+
+    x = rng_features(21, 2, 3, 40, 6).to(dtype)
+    everything = torch.ones(2, 3, 40, dtype=torch.bool)
+    general = greedy_facility_location(x, 7, mask=everything, similarity=similarity)  # type: ignore[arg-type]
+    prepared: list[object] = []
+    prepare = facility_location._prepare
+
+    def spy(*args: object) -> object:
+        prepared.append(args)
+        return prepare(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(facility_location, "_prepare", spy)
+    for method in ("auto", "lazy"):
+        quick = greedy_facility_location(x, 7, similarity=similarity, method=method)  # type: ignore[arg-type]
+        assert not prepared
+        for got, want in zip(quick, general, strict=True):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+    bad = x.clone()
+    bad[1, 2, 9, 4] = math.nan
+    with pytest.raises(ValueError, match=r"problem \(1, 2\) contain non-finite .* row 9"):
+        greedy_facility_location(bad, 7, similarity=similarity)  # type: ignore[arg-type]
+    # anything else takes the general path, with its checks
+    for k in (0, 41, True):
+        with pytest.raises((ValueError, TypeError), match="k"):
+            greedy_facility_location(x, k, similarity=similarity)  # type: ignore[arg-type]
+    assert len(prepared) == 3
+    greedy_facility_location(x.half(), 7, similarity=similarity)  # type: ignore[arg-type]
+    assert len(prepared) == 4
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["lazy", "incremental"])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_lazy_kernel_on_a_stored_matrix_equals_reference(similarity: str, matrix_max: int) -> None:

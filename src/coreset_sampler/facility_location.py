@@ -183,6 +183,10 @@ def greedy_facility_location(
         >>> out.indices.shape, out.weights.sum(-1).tolist()
         (torch.Size([5, 13]), [50.0, 40.0, 50.0, 50.0, 50.0])
     """
+    if method in ("auto", "lazy") and mask is None:
+        quick = _quick_lazy(features, k, similarity, epsilon, chunk_size)
+        if quick is not None:
+            return quick
     if method == "auto" and _lazy_fits(features, similarity, chunk_size):
         method = "lazy"
     problem = _prepare(features, k, mask, similarity, method, epsilon, chunk_size)
@@ -267,15 +271,79 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
             eps,
             threads=torch.get_num_threads(),
         )
-        if bad <= -2:
-            _raise_too_large(-2 - bad, p.lead_shape)
-        if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
-            row_ok = torch.ones(p.mask.numel(), dtype=torch.bool)
-            row_ok[bad] = False
-            _raise_first_bad_row(row_ok.reshape(p.mask.shape), p.lead_shape, "features")
-    lead = p.lead_shape
+        _raise_kernel_error(bad, tuple(p.mask.shape), p.lead_shape)
+    return _lazy_output(indices, gains, weights, cover, p.lead_shape, p.dtype)
+
+
+def _quick_lazy(
+    features: Tensor | None,
+    k: int | Tensor,
+    similarity: SimilarityName | Tensor,
+    epsilon: float,
+    chunk_size: int | None,
+) -> FacilityLocationResult | None:
+    """The compiled kernel's most common call (CREST's selection: float32 or float64 CPU
+    features with at most ``_LAZY_MAX_D`` features, an ``int`` budget that every problem can
+    afford, no mask, a named similarity other than ``cosine``) without building the PyTorch
+    problem description: a few tens of µs of a 0.5 ms call. ``None`` for anything else
+    (including every input that :func:`_prepare` would reject), which then takes the general
+    path; the kernel's own checks (non-finite rows, overflow) raise the same errors."""
+    if not (
+        isinstance(features, Tensor)
+        and features.dtype in (torch.float32, torch.float64)
+        and features.device.type == "cpu"
+        and features.dim() >= 2
+        and features.shape[-1] <= _LAZY_MAX_D
+        and isinstance(similarity, str)
+        and similarity in ("neg_distance", "exp", "dot")
+        and type(k) is int
+        and 0 < k <= features.shape[-2]
+        and type(epsilon) in (int, float)
+        and 0.0 < epsilon < 1.0
+        and chunk_size is None
+        and _lazy.available()
+    ):
+        return None
+    lead = tuple(features.shape[:-2])
+    n, d = features.shape[-2:]
+    batch = math.prod(lead)
+    if batch == 0:
+        return None
+    mask = np.ones((batch, n), dtype=np.bool_)
+    indices, gains, weights, cover, bad = _lazy.solve(
+        features.detach().numpy().reshape(batch, n, d),
+        mask,
+        np.full(batch, k, dtype=np.int64),
+        k,
+        str(similarity),
+        torch.finfo(features.dtype).eps,
+        threads=torch.get_num_threads(),
+    )
+    _raise_kernel_error(bad, (batch, n), lead)
+    return _lazy_output(indices, gains, weights, cover, lead, features.dtype)
+
+
+def _raise_kernel_error(bad: int, shape: tuple[int, ...], lead: tuple[int, ...]) -> None:
+    """The error for :func:`_lazy.solve`'s ``bad`` code, if any (``shape``: ``[B, n]``)."""
+    if bad <= -2:
+        _raise_too_large(-2 - bad, lead)
+    if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of _prepare
+        row_ok = torch.ones(math.prod(shape), dtype=torch.bool)
+        row_ok[bad] = False
+        _raise_first_bad_row(row_ok.reshape(shape), lead, "features")
+
+
+def _lazy_output(
+    indices: np.ndarray,
+    gains: np.ndarray,
+    weights: np.ndarray,
+    cover: np.ndarray,
+    lead: tuple[int, ...],
+    dtype: torch.dtype,
+) -> FacilityLocationResult:
+    """The kernel's outputs as the result's tensors."""
     # (casts and reshapes in NumPy: they cost less than PyTorch's at this size)
-    out = np.float32 if p.dtype == torch.float32 else np.float64
+    out = np.float32 if dtype == torch.float32 else np.float64
     return FacilityLocationResult(
         indices=torch.from_numpy(indices.reshape(*lead, -1)),
         weights=torch.from_numpy(weights.astype(out, copy=False).reshape(*lead, -1)),
