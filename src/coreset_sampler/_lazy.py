@@ -775,9 +775,7 @@ def _greedy(
     fresh = np.zeros(m, dtype=np.int64)
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
-    largest = 0.0  # no gain exceeds the largest first bound
-    for j in range(m):
-        largest = max(largest, first[j])
+    largest = _largest(first, m, 0.0)  # no gain exceeds the largest first bound
     # each gain's rounding is below m·eps64·largest / 2: what _tighten adds back per step
     slack = 4.0 * m * _EPS64 * largest
     for step in range(budget):
@@ -913,9 +911,8 @@ def _buffers(
 ) -> tuple[Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array]:
     """The incremental greedy's state for ``m = len(g)`` points (see :func:`_step`)."""
     m = g.shape[0]
-    largest = 0.0  # no gain ever exceeds the largest first gain (F is submodular)
-    for j in range(m):
-        largest = max(largest, g[j])
+    # no gain ever exceeds the largest first gain (F is submodular)
+    largest = _largest(g, m, 0.0)
     scalars = np.empty(3, dtype=np.float64)
     scalars[0] = err + 4.0 * m * _EPS64 * largest  # and the exact evaluations' own rounding
     scalars[1] = 0.0  # tol, set at the first step

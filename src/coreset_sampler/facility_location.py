@@ -290,18 +290,14 @@ def _quick_lazy(
     path; the kernel's own checks (non-finite rows, overflow) raise the same errors."""
     if not (
         isinstance(features, Tensor)
+        and _lazy_fits(features, similarity, chunk_size)
+        and features.shape[-1] <= _LAZY_MAX_D  # (not the matrix-product route)
         and features.dtype in (torch.float32, torch.float64)
-        and features.device.type == "cpu"
-        and features.dim() >= 2
-        and features.shape[-1] <= _LAZY_MAX_D
-        and isinstance(similarity, str)
         and similarity in ("neg_distance", "exp", "dot")
         and type(k) is int
         and 0 < k <= features.shape[-2]
         and type(epsilon) in (int, float)
         and 0.0 < epsilon < 1.0
-        and chunk_size is None
-        and _lazy.available()
     ):
         return None
     lead = tuple(features.shape[:-2])
