@@ -825,12 +825,13 @@ def test_kernel_exp_is_within_one_ulp_of_the_exact_value(
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
-def test_lazy_kernel_reports_the_first_non_finite_valid_row() -> None:
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_lazy_kernel_reports_the_first_non_finite_valid_row(value: float) -> None:
     feats = np.ones((2, 6, 3))
     mask = np.ones((2, 6), dtype=bool)
     feats[0, 4, 1] = np.nan  # padding: never read
     mask[0, 4] = False
-    feats[1, 2, 0] = np.inf
+    feats[1, 2, 0] = value
     feats[1, 5, 2] = np.nan
     *_, bad = _lazy.solve(feats, mask, np.array([2, 2]), 2, "neg_distance", 2.0**-52)
     assert bad == 1 * 6 + 2

@@ -358,22 +358,22 @@ def _solve_all(
     for b in range(batch):
         m = _valid_rows(mask[b], rows)
         xt = np.empty((d, m), dtype=np.float64)  # by column: the inner loops run over points
-        probe = 0.0  # NaN once any value is NaN or infinite (x · 0)
-        norm = 0.0  # the largest squared norm of a point
+        # whether a point's squared norm is NaN (a NaN value), infinite (an infinite value, or
+        # an overflow) or above _NORM_MAX: one comparison per point, no chain of adds through
+        # all the values
+        large = False
         for a in range(m):
             square = 0.0
             for t in range(d):
                 value = feats[b, rows[a], t]
                 xt[t, a] = value
-                probe += value * 0.0
                 square += value * value
-            norm = max(norm, square)
-        if probe != probe:
+            large |= not square <= _NORM_MAX
+        if large:
             for a in range(m):
                 for t in range(d):
                     if not math.isfinite(xt[t, a]):
                         return int(b * n + rows[a])
-        if not norm <= _NORM_MAX:
             return -2 - b
         if later[b]:
             continue
