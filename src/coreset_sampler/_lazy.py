@@ -770,43 +770,50 @@ def _greedy(
     cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
     near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
     owner = np.zeros(m, dtype=np.int64)  # ... and that pick (the lowest index among equals)
-    # an upper bound of each candidate's gain, exact where fresh == the step + 1; −inf once taken
-    bound = first.copy()
-    fresh = np.zeros(m, dtype=np.int64)
+    bound = first.copy()  # an upper bound of each candidate's gain; −inf once taken
+    cand = np.empty(m, dtype=np.int64)  # the step's candidates, in index order
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
     largest = _largest(first, m, 0.0)  # no gain exceeds the largest first bound
     # each gain's rounding is below m·eps64·largest / 2: what _tighten adds back per step
     slack = 4.0 * m * _EPS64 * largest
     for step in range(budget):
-        stamp = step + 1
-        # nothing is exact yet: evaluate the largest bound
+        # nothing is exact yet: evaluate the (first) largest bound
+        top = _largest(bound, m, -np.inf)
         lead = 0
-        for j in range(1, m):
-            if bound[j] > bound[lead]:
-                lead = j
+        while bound[lead] < top:
+            lead += 1
         best = _gain_at(sim, lead, cur)
         bound[lead] = best
-        fresh[lead] = stamp
         if step == 0:
             tol = _tie_tolerance(best, m, eps)
-        # then, in index order, every stale bound that can still reach the best so far − tol (a
-        # gain is at most its bound, and best only grows, so a candidate skipped now cannot
-        # reach the final best − tol either); at the first step with a margin, as tol follows
-        # best
+        # then, in index order, every bound that can still reach the best so far − tol (a gain
+        # is at most its bound, and best only grows, so a candidate skipped now cannot reach
+        # the final best − tol either); at the first step with a margin, as tol follows best.
+        # The candidates are gathered first, without a branch per point.
         margin = 2.0 * tol if step == 0 else tol
+        floor = best - margin
+        count = 0
         for j in range(m):
-            if bound[j] < best - margin or fresh[j] == stamp:
+            cand[count] = j
+            count += bound[j] >= floor
+        for c in range(count):
+            j = cand[c]
+            if j == lead or bound[j] < best - margin:
                 continue
             value = _gain_at(sim, j, cur)
             bound[j] = value
-            fresh[j] = stamp
             best = max(best, value)
         if step == 0:
             tol = _tie_tolerance(best, m, eps)
-        pick = 0
-        while fresh[pick] != stamp or bound[pick] < best - tol:
-            pick += 1
+        # the lowest index within tol of the best: every bound left stale (outside cand, or
+        # skipped) is below best − margin ≤ best − tol, so the first candidate whose bound
+        # reaches best − tol has been evaluated (the one whose gain is best reaches it)
+        limit = best - tol
+        c = 0
+        while c + 1 < count and bound[cand[c]] < limit:  # (c + 1 < count: never past cand)
+            c += 1
+        pick = cand[c]
         picks[step] = pick
         gains[step] = bound[pick]
         bound[pick] = -np.inf
