@@ -777,6 +777,24 @@ def test_lazy_kernel_rejects_features_too_large_for_float64(similarity: str) -> 
     assert bad == -2 - 1
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_lazy_kernel_takes_float32_features_whose_squares_overflow_float32() -> None:
+    """float32 values near 1e20 square past float32's range but not float64's: the kernel
+    computes in float64, so they are not "too large". Scaled by a power of two (exact in float32
+    and in every float64 step), the picks and weights are the same and the gains scale with
+    it (``neg_distance``; ``dot``'s gains would scale by 2^132, past the float32 output)."""
+    x = rng_features(32, 4, 30, 3).float()
+    scale = 2.0**66  # (2^66)² = 2^132 > float32's largest value
+    big = x * scale
+    assert torch.isinf(big * big).any() and torch.isfinite(big).all()
+    for kwargs in ({}, {"mask": torch.ones(4, 30, dtype=torch.bool)}):  # quick and general path
+        small_out = greedy_facility_location(x, 6, method="lazy", **kwargs)
+        big_out = greedy_facility_location(big, 6, method="lazy", **kwargs)
+        torch.testing.assert_close(big_out.indices, small_out.indices, rtol=0, atol=0)
+        torch.testing.assert_close(big_out.weights, small_out.weights, rtol=0, atol=0)
+        torch.testing.assert_close(big_out.gains, small_out.gains * scale, rtol=0, atol=0)
+
+
 def ulps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """How many float64 values lie between ``a`` and ``b`` (both ≥ 0)."""
     return np.abs(a.view(np.int64) - b.view(np.int64))

@@ -365,7 +365,7 @@ def _solve_all(
         for a in range(m):
             square = 0.0
             for t in range(d):
-                value = feats[b, rows[a], t]
+                value = np.float64(feats[b, rows[a], t])  # (a float32 square may overflow)
                 xt[t, a] = value
                 square += value * value
             large |= not square <= _NORM_MAX
