@@ -795,6 +795,31 @@ def test_lazy_kernel_takes_float32_features_whose_squares_overflow_float32() -> 
         torch.testing.assert_close(big_out.gains, small_out.gains * scale, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", ["naive", "incremental", "stochastic"])
+def test_torch_paths_reject_float32_features_whose_similarities_overflow(method: str) -> None:
+    """The PyTorch paths compute in float32 for float32 features: a point with a squared norm
+    above float32's largest value / 4 gets an error naming its problem instead of overflowing
+    distances; padding may hold such points, and float64 features of the same values work."""
+    x = rng_features(33, 3, 20, 4).float()
+    big = x.clone()
+    big[1, 7] *= 2.0**64  # squared norm about 2^128·|x|²: over the limit
+    with pytest.raises(ValueError, match=r"problem 1 are too large for float32 similarities"):
+        greedy_facility_location(big, 5, method=method)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 7] = False  # the same point as padding: never read
+    padded = greedy_facility_location(big, 5, mask=mask, method="naive")
+    reference = greedy_facility_location(x, 5, mask=mask, method="naive")
+    torch.testing.assert_close(padded.indices, reference.indices, rtol=0, atol=0)
+    near = x.clone()
+    near[1, 7] *= 2.0**61  # squared norm about 2^122·|x|²: under the limit, same picks in float64
+    torch.testing.assert_close(
+        greedy_facility_location(near, 5, method="naive").indices,
+        greedy_facility_location(near.double(), 5, method="naive").indices,
+        rtol=0,
+        atol=0,
+    )
+
+
 def ulps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """How many float64 values lie between ``a`` and ``b`` (both ≥ 0)."""
     return np.abs(a.view(np.int64) - b.view(np.int64))

@@ -161,8 +161,10 @@ def greedy_facility_location(
     Raises:
         TypeError: wrong argument types or dtypes.
         ValueError: wrong shapes, non-finite values, ``k`` out of range for a problem, a mask that
-            selects nothing in a problem, an unknown similarity or method; with ``"lazy"``,
-            points whose squared norm exceeds 1e300 (float64 similarities would overflow).
+            selects nothing in a problem, an unknown similarity or method; points whose
+            similarities would overflow (a squared norm above 1e300 where the compiled kernel
+            computes in float64, above a quarter of the dtype's largest value elsewhere: about
+            8.5e37 for float32).
             Messages name the argument, the problem index and the value.
 
     Examples:
@@ -353,6 +355,25 @@ def _raise_too_large(flat: int, lead: tuple[int, ...]) -> None:
         f"features of {_problem_name(flat, lead)} are too large for float64 similarities (a "
         f"squared norm above {_lazy._NORM_MAX:g}): rescale them"
     )
+
+
+def _check_norms(flat: Tensor, mask: Tensor, lead: tuple[int, ...]) -> None:
+    """The PyTorch paths compute in the features' dtype: their squared distances
+    (``‖x_i − x_j‖² ≤ 4·max ‖x‖²``), dot products and norms stay finite while every valid
+    point's squared norm is at most a quarter of the dtype's largest value; else a
+    ``ValueError`` naming the first problem where it is not (float32 overflows from norms of
+    about 9e18 on)."""
+    limit = torch.finfo(flat.dtype).max / 4
+    sq_norm = torch.where(mask, flat.double().square().sum(-1), 0.0)  # [B, n]
+    too_large = sq_norm.amax(-1) > limit
+    if bool(too_large.any()):
+        first = int(too_large.nonzero()[0, 0])
+        name = str(flat.dtype).removeprefix("torch.")
+        hint = ", or pass float64 features" if flat.dtype != torch.float64 else ""
+        raise ValueError(
+            f"features of {_problem_name(first, lead)} are too large for {name} similarities "
+            f"(a squared norm above {limit:g}): rescale them{hint}"
+        )
 
 
 def _raw_products(p: _Problem) -> Tensor:
@@ -594,6 +615,8 @@ def _prepare(
             # a padded row or column may hold anything
             row_ok = (finite | ~flat_mask[:, None, :]).all(-1) | ~flat_mask
         _raise_first_bad_row(row_ok, lead, "similarity" if precomputed is not None else "features")
+    if precomputed is None:
+        _check_norms(flat, flat_mask, lead)
 
     keep = flat_mask[:, :, None]
     feats: Tensor | None = None
