@@ -806,9 +806,12 @@ def _greedy(
             best = max(best, value)
         if step == 0:
             tol = _tie_tolerance(best, m, eps)
-        # the lowest index within tol of the best: every bound left stale (outside cand, or
-        # skipped) is below best − margin ≤ best − tol, so the first candidate whose bound
-        # reaches best − tol has been evaluated (the one whose gain is best reaches it)
+        # the lowest index within tol of the best, which is an evaluated candidate: a bound
+        # left stale (outside cand, or skipped) was below b − margin, b the best when it was
+        # passed. After step 0, margin = tol: it is below best − tol. At step 0 (tol = c·best,
+        # margin = 2·c·lead's gain): if b is the gain of an earlier candidate of cand, that
+        # candidate's bound is higher and comes first; else b is the lead's gain g, and
+        # g·(1 − 2c) ≤ best·(1 − c) = best − tol. The best candidate's bound reaches the limit.
         limit = best - tol
         c = 0
         while c + 1 < count and bound[cand[c]] < limit:  # (c + 1 < count: never past cand)
