@@ -820,6 +820,35 @@ def test_torch_paths_reject_float32_features_whose_similarities_overflow(method:
     )
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("route", ["matrix", "rows", "stored"])
+def test_lazy_kernel_with_a_zero_budget_leaves_that_problem_empty(route: str) -> None:
+    """The public function rejects k ≤ 0, but the kernel's own entry points take per-problem
+    budgets: a problem with budget 0 gets no picks, no cluster sizes and no coverage (it once
+    wrote through an unset index), and the other problems are solved as alone."""
+    feats = rng_features(34, 2, 12, 3).numpy()
+    mask = np.ones((2, 12), dtype=bool)
+    eps = 2.0**-52
+    if route == "stored":
+        dist = np.sqrt(((feats[:, :, None] - feats[:, None]) ** 2).sum(-1))
+        both = _lazy.solve_matrix(dist.copy(), mask, np.array([0, 4]), 4, "neg_distance", 3, eps)
+        alone = _lazy.solve_matrix(
+            dist[1:].copy(), mask[1:], np.array([4]), 4, "neg_distance", 3, eps
+        )
+    else:
+        matrix_max = _lazy._MATRIX_MAX if route == "matrix" else 0
+        *both, bad = _lazy.solve(feats, mask, np.array([0, 4]), 4, "neg_distance", eps, matrix_max)
+        assert bad == -1
+        *alone, _ = _lazy.solve(
+            feats[1:], mask[1:], np.array([4]), 4, "neg_distance", eps, matrix_max
+        )
+    indices, gains, weights, cover = both
+    assert (gains[0] == 0).all()
+    assert (indices[0] == -1).all() and (weights[0] == 0).all() and (cover[0] == 0).all()
+    for got, want in zip(both, alone, strict=True):
+        np.testing.assert_array_equal(got[1:], want)
+
+
 def ulps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """How many float64 values lie between ``a`` and ``b`` (both ≥ 0)."""
     return np.abs(a.view(np.int64) - b.view(np.int64))

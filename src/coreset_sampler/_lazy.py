@@ -869,14 +869,16 @@ def _finish_problem(
     weights: Array,
     cover: Array,
 ) -> None:
-    """Write the picks (as indices of the unmasked problem), cluster sizes and coverage."""
+    """Write the picks (as indices of the unmasked problem), cluster sizes and coverage (no
+    picks, no clusters: a budget of 0 leaves ``indices`` and ``weights`` as they are)."""
     position = np.empty(cur.shape[0], dtype=np.int64)  # the step at which each pick was taken
     for step in range(budget):
         position[picks[step]] = step
         indices[step] = rows[picks[step]]
     for i in range(cur.shape[0]):
         cover[rows[i]] = cur[i]
-        weights[position[owner[i]]] += 1.0
+        if budget > 0:
+            weights[position[owner[i]]] += 1.0
 
 
 # --------------------------------------------------------------------------- above matrix_max
