@@ -350,10 +350,19 @@ def _lazy_output(
     )
 
 
-def _raise_too_large(flat: int, lead: tuple[int, ...]) -> None:
+def _raise_too_large(
+    flat: int,
+    lead: tuple[int, ...],
+    dtype: torch.dtype = torch.float64,
+    limit: float = _lazy._NORM_MAX,
+) -> None:
+    """The error for problem ``flat``'s points, whose squared norms exceed ``limit`` for
+    similarities computed in ``dtype`` (by default the compiled kernel's float64 and limit)."""
+    name = str(dtype).removeprefix("torch.")
+    hint = ", or pass float64 features" if dtype != torch.float64 else ""
     raise ValueError(
-        f"features of {_problem_name(flat, lead)} are too large for float64 similarities (a "
-        f"squared norm above {_lazy._NORM_MAX:g}): rescale them"
+        f"features of {_problem_name(flat, lead)} are too large for {name} similarities (a "
+        f"squared norm above {limit:g}): rescale them{hint}"
     )
 
 
@@ -367,13 +376,7 @@ def _check_norms(flat: Tensor, mask: Tensor, lead: tuple[int, ...]) -> None:
     sq_norm = torch.where(mask, flat.double().square().sum(-1), 0.0)  # [B, n]
     too_large = sq_norm.amax(-1) > limit
     if bool(too_large.any()):
-        first = int(too_large.nonzero()[0, 0])
-        name = str(flat.dtype).removeprefix("torch.")
-        hint = ", or pass float64 features" if flat.dtype != torch.float64 else ""
-        raise ValueError(
-            f"features of {_problem_name(first, lead)} are too large for {name} similarities "
-            f"(a squared norm above {limit:g}): rescale them{hint}"
-        )
+        _raise_too_large(int(too_large.nonzero()[0, 0]), lead, flat.dtype, limit)
 
 
 def _raw_products(p: _Problem) -> Tensor:
