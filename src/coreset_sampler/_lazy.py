@@ -454,10 +454,18 @@ def _valid_rows(valid: Array, rows: Array) -> int:
 
 
 def _largest(values: Array, upto: int, top: float) -> float:
-    """The largest of ``values[:upto]`` and ``top``."""
-    for c in range(upto):
-        top = max(top, values[c])
-    return top
+    """The largest of ``values[:upto]`` and ``top`` (four running maxima: one would be a chain
+    of dependent comparisons)."""
+    t0, t1, t2, t3 = top, top, top, top
+    full = upto - upto % 4
+    for c in range(0, full, 4):
+        t0 = max(t0, values[c])
+        t1 = max(t1, values[c + 1])
+        t2 = max(t2, values[c + 2])
+        t3 = max(t3, values[c + 3])
+    for c in range(full, upto):
+        t0 = max(t0, values[c])
+    return max(max(t0, t1), max(t2, t3))
 
 
 def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
