@@ -500,10 +500,7 @@ def _sqrt_max(acc: Array, upto: int, top: float) -> float:
     """Square roots of ``acc[:upto]`` in place; returns the largest of them and ``top``."""
     for c in range(upto):
         acc[c] = math.sqrt(acc[c])
-    for c in range(upto):
-        if acc[c] > top:
-            top = acc[c]
-    return top
+    return _largest(acc, upto, top)
 
 
 def _finish(values: Array, upto: int, kind: int, top: float) -> float:
@@ -596,14 +593,21 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
 
 def _sqrt_rows(sim: Array, start: int, stop: int, width: int, top: float) -> float:
     """:func:`_sqrt_max` of ``sim[a, :width]`` for the rows ``start ≤ a < stop`` (indexing the
-    matrix: a view per row costs more than the row's square roots at this size)."""
+    matrix: a view per row costs more than the row's square roots at this size; four running
+    maxima, as in :func:`_largest`)."""
+    t0, t1, t2, t3 = top, top, top, top
+    full = width - width % 4
     for a in range(start, stop):
         for c in range(width):
             sim[a, c] = math.sqrt(sim[a, c])
-        for c in range(width):
-            if sim[a, c] > top:
-                top = sim[a, c]
-    return top
+        for c in range(0, full, 4):
+            t0 = max(t0, sim[a, c])
+            t1 = max(t1, sim[a, c + 1])
+            t2 = max(t2, sim[a, c + 2])
+            t3 = max(t3, sim[a, c + 3])
+        for c in range(full, width):
+            t0 = max(t0, sim[a, c])
+    return max(max(t0, t1), max(t2, t3))
 
 
 def _mirror(sim: Array, kind: int, top: float, eps: float, first: Array) -> None:
