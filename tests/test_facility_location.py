@@ -622,6 +622,26 @@ def test_lazy_kernel_without_a_matrix_equals_reference(similarity: str) -> None:
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
+def test_lazy_kernel_finds_the_largest_distance_wherever_the_pair_lies(matrix_max: int) -> None:
+    """C, the largest distance, is kept in several running maxima over the rows of the distance
+    triangle, which are computed in blocks of four rows with the last rows apart: the farthest
+    pair at the start, across the blocks, or among the last rows (every n mod 4) gives the
+    reference's gains and objective."""
+    for n in (9, 10, 11, 12, 50):
+        placements = [(0, 1), (1, n - 1), (n - 2, n - 1), (n - 3, n - 1), (n - 1, n - 2)]
+        batch = len(placements)
+        x = rng_features(n, batch, n, 3) * 0.1
+        for b, (i, j) in enumerate(placements):
+            x[b, i, 0], x[b, j, 0] = -5.0, 5.0  # the farthest pair, by far
+        k = np.full(batch, 4)
+        mask = np.ones((batch, n), dtype=bool)
+        *out, bad = _lazy.solve(x.numpy(), mask, k, 4, "neg_distance", 2.0**-52, matrix_max)
+        assert bad == -1
+        check_lazy_kernel_output("neg_distance", x, mask, k, tuple(out))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("matrix_max", [_lazy._MATRIX_MAX, 0], ids=["matrix", "rows"])
 @pytest.mark.parametrize("similarity", ["neg_distance", "exp"])
 def test_lazy_kernel_on_ties_and_duplicates(similarity: str, matrix_max: int) -> None:
     """Duplicated points give equal gains (up to the last bits of exp): the lowest index wins,
