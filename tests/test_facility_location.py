@@ -628,7 +628,7 @@ def test_lazy_kernel_finds_the_largest_distance_wherever_the_pair_lies(matrix_ma
     pair at the start, across the blocks, or among the last rows (every n mod 4) gives the
     reference's gains and objective."""
     for n in (9, 10, 11, 12, 50):
-        placements = [(0, 1), (1, n - 1), (n - 2, n - 1), (n - 3, n - 1), (n - 1, n - 2)]
+        placements = [(0, 1), (1, n - 1), (n - 2, n - 1), (n - 3, n - 1), (n - 4, n - 2)]
         batch = len(placements)
         x = rng_features(n, batch, n, 3) * 0.1
         for b, (i, j) in enumerate(placements):
