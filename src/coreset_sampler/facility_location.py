@@ -257,24 +257,16 @@ def _lazy_result(p: _Problem) -> FacilityLocationResult:
             f"method='lazy' runs on the CPU, but the features are on {p.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
-    eps = torch.finfo(p.dtype).eps
     if _from_products(p.features):
-        raw = _raw_products(p)
+        raw, dim, eps = _raw_products(p), p.features.shape[-1], torch.finfo(p.dtype).eps
         indices, gains, weights, cover = _lazy.solve_matrix(
-            raw.numpy(), p.mask.numpy(), p.k.numpy(), p.kmax, p.kind, p.features.shape[-1], eps
+            raw.numpy(), p.mask.numpy(), p.k.numpy(), p.kmax, p.kind, dim, eps
         )
-    else:
-        indices, gains, weights, cover, bad = _lazy.solve(
-            p.features.detach().numpy(),
-            p.mask.numpy(),
-            p.k.numpy(),
-            p.kmax,
-            p.kind,
-            eps,
-            threads=torch.get_num_threads(),
-        )
-        _raise_kernel_error(bad, tuple(p.mask.shape), p.lead_shape)
-    return _lazy_output(indices, gains, weights, cover, p.lead_shape, p.dtype)
+        return _lazy_output(indices, gains, weights, cover, p.lead_shape, p.dtype)
+    return _solve_features(
+        p.features.detach().numpy(), p.mask.numpy(), p.k.numpy(), p.kmax, p.kind, p.dtype,
+        p.lead_shape,
+    )  # fmt: skip
 
 
 def _quick_lazy(
@@ -307,18 +299,28 @@ def _quick_lazy(
     batch = math.prod(lead)
     if batch == 0:
         return None
-    mask = np.ones((batch, n), dtype=np.bool_)
+    return _solve_features(
+        features.detach().numpy().reshape(batch, n, d), np.ones((batch, n), dtype=np.bool_),
+        np.full(batch, k, dtype=np.int64), k, str(similarity), features.dtype, lead,
+    )  # fmt: skip
+
+
+def _solve_features(
+    feats: np.ndarray,
+    mask: np.ndarray,
+    k: np.ndarray,
+    kmax: int,
+    kind: str,
+    dtype: torch.dtype,
+    lead: tuple[int, ...],
+) -> FacilityLocationResult:
+    """:func:`_lazy.solve` on ``[B, n, d]`` features in ``dtype`` (its errors raised as
+    :func:`_prepare` would raise them), as the result's tensors."""
     indices, gains, weights, cover, bad = _lazy.solve(
-        features.detach().numpy().reshape(batch, n, d),
-        mask,
-        np.full(batch, k, dtype=np.int64),
-        k,
-        str(similarity),
-        torch.finfo(features.dtype).eps,
-        threads=torch.get_num_threads(),
+        feats, mask, k, kmax, kind, torch.finfo(dtype).eps, threads=torch.get_num_threads()
     )
-    _raise_kernel_error(bad, (batch, n), lead)
-    return _lazy_output(indices, gains, weights, cover, lead, features.dtype)
+    _raise_kernel_error(bad, tuple(mask.shape), lead)
+    return _lazy_output(indices, gains, weights, cover, lead, dtype)
 
 
 def _raise_kernel_error(bad: int, shape: tuple[int, ...], lead: tuple[int, ...]) -> None:
