@@ -1,4 +1,4 @@
-"""Time and peak memory of one CRAIG selection (:class:`~coreset_sampler.craig.CraigBatchSampler`).
+"""Time and peak memory of one CRAIG selection (:class:`~coreset_sampler.CraigBatchSampler`).
 
 One class of n standard-normal points in d = 10 dimensions (the proxies), a coreset of
 k = 10% of n (``budget=0.1``), the sampler's default similarity (C − ‖g_i − g_j‖) and chunked
@@ -39,7 +39,7 @@ def _rss_field(name: str) -> int:
 def _one(n: int, d: int, method: str, epsilon: float, chunk_size: int | None, threads: int) -> None:
     import torch
 
-    from coreset_sampler.craig import CraigBatchSampler, _auto_chunk
+    from coreset_sampler.samplers.craig import CraigBatchSampler, _auto_chunk
 
     torch.set_num_threads(threads)
     table = torch.randn(n, d, generator=torch.Generator().manual_seed(0))

@@ -260,7 +260,7 @@ def ours_solver(method: str, seed: int, kind: str) -> Solver:
     """Our kernel: one (batched) call on the features; it builds the similarity itself."""
     import torch
 
-    from coreset_sampler.facility_location import greedy_facility_location
+    from coreset_sampler import greedy_facility_location
 
     name = method.removeprefix("ours-")
 

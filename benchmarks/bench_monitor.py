@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _models import resnet20
 
-from coreset_sampler.gradients import GradientProxyCallback
 from coreset_sampler.monitor import QuadraticLossMonitor
+from coreset_sampler.proxies import GradientProxyCallback
 
 
 def _measure(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:

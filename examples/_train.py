@@ -25,13 +25,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from coreset_sampler import (
+    CraigBatchSampler,
     CrestBatchSampler,
     GradientProxyCallback,
     QuadraticLossMonitor,
     RandomBatchSampler,
     WithWeights,
 )
-from coreset_sampler.craig import CraigBatchSampler
 
 METHODS: tuple[str, ...] = ("full", "random", "crest", "craig")
 

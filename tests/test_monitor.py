@@ -13,14 +13,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
-from torch.func import hessian
 
-from coreset_sampler.gradients import GradientProxyCallback
-from coreset_sampler.monitor import (
-    QuadraticLossMonitor,
-    hessian_vector_product,
-    hutchinson_diagonal,
-)
+from coreset_sampler.monitor import QuadraticLossMonitor
+from coreset_sampler.proxies import GradientProxyCallback
 
 DT = torch.float64
 
@@ -129,93 +124,6 @@ def test_non_diagonal_quadratic_error_is_the_off_diagonal_term(hvp: str) -> None
     assert report.rho == pytest.approx(abs(off_term + diag_err) / report.loss, rel=1e-9)
     # the off-diagonal term dominates: the estimate is close to the true diagonal
     assert abs(diag_err) < 0.5 * abs(off_term)
-
-
-# --------------------------------------------------------------------------- Hutchinson, HVPs
-
-
-def _two_param_function() -> tuple[Any, tuple[Tensor, Tensor], Any]:
-    g = torch.Generator().manual_seed(0)
-    m = torch.randn(5, 7, generator=g, dtype=DT)
-    x = torch.randn(7, 3, generator=g, dtype=DT)
-
-    def f(p: Sequence[Tensor]) -> Tensor:
-        w, b = p
-        h = torch.tanh(w @ x + b[:, None])
-        return (h**2).sum() + (m * w).sin().sum() + (b**4).sum()
-
-    params = (torch.randn(5, 7, generator=g, dtype=DT) * 0.5, torch.randn(5, generator=g, dtype=DT))
-
-    def flat(v: Tensor) -> Tensor:
-        return f((v[:35].reshape(5, 7), v[35:]))
-
-    return f, params, flat
-
-
-def _flatten(ts: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-@pytest.mark.parametrize("method", ["jvp", "double_backward"])
-def test_hvp_equals_dense_hessian_times_vector(method: str) -> None:
-    f, params, flat = _two_param_function()
-    dense = hessian(flat)(_flatten(params))
-    g = torch.Generator().manual_seed(1)
-    v = (torch.randn(5, 7, generator=g, dtype=DT), torch.randn(5, generator=g, dtype=DT))
-    if method == "jvp":
-        grads, hv = hessian_vector_product(f, params, v)
-    else:
-        leaves = tuple(p.clone().requires_grad_(True) for p in params)
-        loss = f(leaves)
-        gr = torch.autograd.grad(loss, leaves, create_graph=True)
-        hv = torch.autograd.grad(gr, leaves, grad_outputs=v)
-        grads = tuple(t.detach() for t in gr)
-    torch.testing.assert_close(_flatten(hv), dense @ _flatten(v), rtol=1e-10, atol=1e-10)
-    want_grad = torch.func.grad(flat)(_flatten(params))
-    torch.testing.assert_close(_flatten(grads), want_grad, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("method", ["jvp", "double_backward"])
-def test_hutchinson_converges_like_one_over_sqrt_probes(method: str) -> None:
-    f, params, flat = _two_param_function()
-    h = hessian(flat)(_flatten(params))
-    true = torch.diag(h)
-    off = h - torch.diag(true)
-    # E‖D̂_k − diag H‖² = Σ_i Σ_{j≠i} H_ij² / k for Rademacher probes
-    variance_one = float((off**2).sum())
-    if method == "double_backward":
-        params = tuple(p.clone().requires_grad_(True) for p in params)
-    gen = torch.Generator().manual_seed(2)
-    reps = 30
-    mse = {}
-    for k in (1, 4, 16, 64):
-        errs = []
-        for _ in range(reps):
-            grads, diag = hutchinson_diagonal(
-                f,
-                params,
-                generator=gen,
-                num_probes=k,
-                method=method,  # type: ignore[arg-type]
-            )
-            errs.append(float(((_flatten(diag) - true) ** 2).sum()))
-        mse[k] = sum(errs) / reps
-        assert 0.6 < mse[k] / (variance_one / k) < 1.6, (k, mse[k], variance_one / k)
-    # RMS error shrinks like 1/sqrt(k): 64× the probes, about 8× smaller
-    assert 5.0 < math.sqrt(mse[1] / mse[64]) < 12.0
-    torch.testing.assert_close(_flatten(grads), torch.func.grad(flat)(_flatten(params)))
-
-
-def test_hutchinson_is_exact_for_a_diagonal_hessian() -> None:
-    a = torch.tensor([1.0, -2.0, 3.0], dtype=DT)
-
-    def f(p: Sequence[Tensor]) -> Tensor:
-        return 0.5 * (a * p[0] ** 2).sum()
-
-    gen = torch.Generator().manual_seed(0)
-    grads, diag = hutchinson_diagonal(f, (torch.ones(3, dtype=DT),), generator=gen)
-    assert torch.equal(diag[0], a)
-    assert torch.equal(grads[0], a)
 
 
 # --------------------------------------------------------------------------- δ from the parameters
@@ -531,7 +439,7 @@ def test_constructor_errors() -> None:
         (ValueError, r"beta1 should be in \[0, 1\), but got beta1=1.0", {"beta1": 1.0}),
         (
             ValueError,
-            r"beta2 should be a finite number >= 0.0, but got beta2=-0.1",
+            r"beta2 should be in \[0, 1\), but got beta2=-0.1",
             {"beta2": -0.1},
         ),
         (ValueError, r"eps should be a finite number > 0.0, but got eps=0", {"eps": 0}),
@@ -552,7 +460,7 @@ def test_constructor_errors() -> None:
         ),
         (
             ValueError,
-            r"hvp should be 'auto', 'jvp' or 'double_backward', but got hvp='fd'",
+            r"hvp should be one of \('auto', 'jvp', 'double_backward'\), but got hvp='fd'",
             {"hvp": "fd"},
         ),
         (
@@ -561,7 +469,11 @@ def test_constructor_errors() -> None:
             {"seed": 1, "generator": torch.Generator()},
         ),
         (TypeError, r"generator should be a torch.Generator, but got int", {"generator": 3}),
-        (TypeError, r"seed should be an int, but got seed=False", {"seed": False}),
+        (
+            TypeError,
+            r"seed should be a non-negative integer value, but got seed=False",
+            {"seed": False},
+        ),
         (TypeError, r"module should be an nn.Module, but got str", {"module": "m"}),
         (
             ValueError,
@@ -675,7 +587,7 @@ def test_anchor_and_check_errors_name_the_call() -> None:
         QuadraticLossMonitor(kink, sqrt_abs).anchor(CORESETS, WEIGHTS, [0])
 
 
-def test_state_and_pure_function_errors() -> None:
+def test_state_errors() -> None:
     model = _quadratic(3, diagonal=True)
     m = _exact_monitor(model)
     with pytest.raises(TypeError, match=r"state should be a mapping, but got list"):
@@ -692,14 +604,3 @@ def test_state_and_pure_function_errors() -> None:
     state["snapshot"] = []
     with pytest.raises(ValueError, match=r"state\['snapshot'\] should be a list of 1 tensors"):
         m.load_state_dict(state)
-    f = lambda p: (p[0] ** 2).sum()  # noqa: E731
-    x = (torch.ones(3, dtype=DT),)
-    with pytest.raises(ValueError, match=r"tangents should match params in number and shapes"):
-        hessian_vector_product(f, x, (torch.ones(2, dtype=DT),))
-    gen = torch.Generator()
-    with pytest.raises(ValueError, match=r"method should be 'jvp' or 'double_backward'"):
-        hutchinson_diagonal(f, x, generator=gen, method="exact")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"generator should be a torch.Generator, but got int"):
-        hutchinson_diagonal(f, x, generator=0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"num_probes should be a positive integer value"):
-        hutchinson_diagonal(f, x, generator=gen, num_probes=0)

@@ -35,6 +35,7 @@ from torch import Tensor
 from coreset_sampler import (
     CraigBatchSampler,
     CrestBatchSampler,
+    DropLearned,
     KCenterBatchSampler,
     RandomBatchSampler,
     greedy_facility_location,
@@ -192,7 +193,7 @@ def _crest_cases() -> dict[str, Callable[[], dict[str, Any]]]:
     plain = _crest(batch_size=10, budget=0.5, seed=0)
     full = _crest(
         batch_size=8, budget=0.4, seed=1, monitor=True, labels=True, losses=True,
-        warmup_steps=3, drop_window=2, max_drop_fraction=0.1, pool_size=40,
+        warmup_steps=3, drop_learned=DropLearned(window=2, max_fraction=0.1), pool_size=40,
     )  # fmt: skip
     exp = _crest(
         batch_size=6, budget=0.3, seed=2, monitor=True, similarity="exp", num_pools=3,

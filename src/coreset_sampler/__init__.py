@@ -2,74 +2,74 @@
 
 CREST: Yang, Kang and Mirzasoleiman, "Towards Sustainable Learning: Coresets for
 Data-efficient Deep Learning", ICML 2023.
+
+The names below are what a training loop imports. Everything else is reachable from its
+module: the sampler parts and records in :mod:`coreset_sampler.samplers`, the proxy functions
+in :mod:`coreset_sampler.gradients`, the curvature functions in :mod:`coreset_sampler.hessian`,
+the kernels' result types in :mod:`coreset_sampler.kernels`.
 """
 
 from __future__ import annotations
 
-from coreset_sampler.craig import CraigBatchSampler
-from coreset_sampler.facility_location import FacilityLocationResult, greedy_facility_location
-from coreset_sampler.gradients import (
-    GradientProxyCallback,
-    cross_entropy_logit_grad,
-    last_layer_grad,
-    logit_grad,
-    per_sample_grads,
-)
-from coreset_sampler.k_center import KCenterResult, greedy_k_center
-from coreset_sampler.k_center_sampler import KCenterBatchSampler
-from coreset_sampler.monitor import (
-    AnchorReport,
-    CheckReport,
-    PerSampleLoss,
-    QuadraticLossMonitor,
-    hessian_vector_product,
-    hutchinson_diagonal,
-)
-from coreset_sampler.sampler import (
-    CheckRecord,
-    CrestBatchSampler,
-    ProxyCallback,
-    RandomBatchSampler,
-    SamplerTelemetry,
-    SelectionMonitor,
-    SelectionRecord,
-    WeightedIndex,
-    WithWeights,
-)
+import importlib
+from typing import Any
 
-__version__ = "0.1.0.dev0"
+from coreset_sampler.kernels import greedy_facility_location, greedy_k_center
+from coreset_sampler.monitor import QuadraticLossMonitor
+from coreset_sampler.proxies import GradientProxyCallback
+from coreset_sampler.samplers import (
+    CraigBatchSampler,
+    CrestBatchSampler,
+    DropLearned,
+    KCenterBatchSampler,
+    RandomBatchSampler,
+)
+from coreset_sampler.weights import WithWeights
+
+__version__ = "0.2.0.dev0"
 
 # grouped by role; ruff's RUF022 wants one sorted list, so the groups are kept as comments
 __all__ = [  # noqa: RUF022
     "__version__",
-    # samplers and the weights that travel with their batches
+    # samplers, and the weights that travel with their batches
     "CrestBatchSampler",
     "CraigBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
-    "WeightedIndex",
+    "DropLearned",
     "WithWeights",
-    "ProxyCallback",
-    "SelectionMonitor",
-    "SamplerTelemetry",
-    "SelectionRecord",
-    "CheckRecord",
-    # when to reselect
-    "QuadraticLossMonitor",
-    "PerSampleLoss",
-    "AnchorReport",
-    "CheckReport",
-    "hessian_vector_product",
-    "hutchinson_diagonal",
-    # gradient proxies
+    # gradient proxies and when to reselect
     "GradientProxyCallback",
-    "cross_entropy_logit_grad",
-    "last_layer_grad",
-    "logit_grad",
-    "per_sample_grads",
+    "QuadraticLossMonitor",
     # selection kernels
     "greedy_facility_location",
-    "FacilityLocationResult",
     "greedy_k_center",
-    "KCenterResult",
 ]
+
+# names importable from here before 0.2, now reached through their modules (kept working)
+_ELSEWHERE = {
+    "WeightedIndex": "coreset_sampler.weights",
+    "ProxyCallback": "coreset_sampler.proxies",
+    "SelectionMonitor": "coreset_sampler.samplers",
+    "SamplerTelemetry": "coreset_sampler.samplers",
+    "SelectionRecord": "coreset_sampler.samplers",
+    "CheckRecord": "coreset_sampler.samplers",
+    "PerSampleLoss": "coreset_sampler.monitor",
+    "AnchorReport": "coreset_sampler.monitor",
+    "CheckReport": "coreset_sampler.monitor",
+    "hessian_vector_product": "coreset_sampler.hessian",
+    "hutchinson_diagonal": "coreset_sampler.hessian",
+    "cross_entropy_logit_grad": "coreset_sampler.gradients",
+    "last_layer_grad": "coreset_sampler.gradients",
+    "logit_grad": "coreset_sampler.gradients",
+    "per_sample_grads": "coreset_sampler.gradients",
+    "FacilityLocationResult": "coreset_sampler.kernels",
+    "KCenterResult": "coreset_sampler.kernels",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -14,8 +14,9 @@ with g the (EMA-smoothed) gradient and diag(H) the (EMA-smoothed) Hutchinson est
 Hessian diagonal of the γ-weighted coreset loss, and L_0 = L_r(w_ℓ). When ρ > τ the sampler
 reselects; the next check interval is T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉.
 
-The pure pieces (:func:`hessian_vector_product`, :func:`hutchinson_diagonal`) take a function of
-a tuple of parameter tensors; :class:`QuadraticLossMonitor` is the thin stateful layer on top.
+The pure pieces (:func:`~coreset_sampler.hessian.hessian_vector_product`,
+:func:`~coreset_sampler.hessian.hutchinson_diagonal`) are in :mod:`coreset_sampler.hessian`;
+:class:`QuadraticLossMonitor` is the thin stateful layer on top.
 """
 
 from __future__ import annotations
@@ -23,18 +24,31 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
 
-from coreset_sampler._validation import check_positive_int, check_real
-
-from .gradients import _check_indices, _eval_mode, _unwrap
+from coreset_sampler._checks import (
+    check_choice,
+    check_in_interval,
+    check_indices,
+    check_optional_positive_int,
+    check_positive_int,
+    check_real,
+    check_seed_or_generator,
+)
+from coreset_sampler._nn import eval_mode, unwrap
+from coreset_sampler._state import FLOAT, INT, Codec, Stateful
+from coreset_sampler.hessian import (
+    CoresetCurvature,
+    checked_losses,
+    hessian_vector_product,
+    hutchinson_diagonal,
+)
 
 __all__ = [
     "AnchorReport",
@@ -47,8 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Params = tuple[Tensor, ...]
-ScalarFn = Callable[[Params], Tensor]
+_HVP = ("auto", "jvp", "double_backward")
 
 
 class PerSampleLoss(Protocol):
@@ -110,177 +123,21 @@ class CheckReport:
     delta_norm: float
 
 
-# --------------------------------------------------------------------------- pure functions
-
-
-def hessian_vector_product(
-    func: ScalarFn, params: Sequence[Tensor], tangents: Sequence[Tensor]
-) -> tuple[Params, Params]:
-    r"""Gradient and Hessian-vector product of a scalar function, forward-over-reverse.
-
-    Returns (∇f(θ), ∇²f(θ)·v) computed as ``torch.func.jvp(torch.func.grad(func), (θ,), (v,))``:
-    one forward-mode pass through the reverse-mode gradient, about the cost of two backward
-    passes, never the d×d Hessian.
-
-    Args:
-        func: ``func(params_tuple) -> scalar tensor``.
-        params: θ, the point of evaluation.
-        tangents: v, one tensor per parameter with the same shapes.
-
-    Returns:
-        ``(grads, hvps)``, tuples with one tensor per parameter.
-
-    Examples:
-        >>> import torch
-        >>> f = lambda p: (p[0] ** 3).sum()
-        >>> g, hv = hessian_vector_product(f, (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
-        >>> g[0], hv[0]
-        (tensor([ 3., 12.]), tensor([ 6., 12.]))
-    """
-    primals = tuple(p.detach() for p in params)
-    tans = tuple(t.detach() for t in tangents)
-    _same_shapes("tangents", primals, tans)
-    with warnings.catch_warnings():
-        # torch loads its forward-AD decompositions through the deprecated torch.jit.script on
-        # first use (torch 2.13); that warning is torch's, not the caller's
-        warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
-        # the transforms differentiate w.r.t. ``params`` regardless; no_grad keeps ordinary
-        # autograd from recording a graph through other tensors that require grad (the
-        # untracked parameters when only a subset is tracked)
-        with torch.no_grad():
-            out = jvp(grad(func), (primals,), (tans,))
-    return tuple(t.detach() for t in out[0]), tuple(t.detach() for t in out[1])
-
-
-def hutchinson_diagonal(
-    func: ScalarFn,
-    params: Sequence[Tensor],
-    *,
-    generator: torch.Generator,
-    num_probes: int = 1,
-    method: Literal["jvp", "double_backward"] = "jvp",
-) -> tuple[Params, Params]:
-    r"""Hutchinson estimate of the Hessian diagonal (and the exact gradient) of a scalar function.
-
-    .. math:: \operatorname{diag}(H) ≈ \frac1k \sum_{j=1}^k z_j ⊙ H z_j,
-              \qquad z_j ∈ \{-1, +1\}^d \text{ Rademacher},
-
-    unbiased, with per-entry variance Σ_{j≠i} H_ij² / k (exact for a diagonal H). The Hessian-
-    vector products are forward-over-reverse (:func:`hessian_vector_product`) or, with
-    ``method="double_backward"``, ``torch.autograd.grad`` twice (``params`` must then be the
-    tensors ``func`` really uses, requiring grad). Used by CREST (Yang et al., ICML 2023) after
-    AdaHessian (Yao et al., AAAI 2021).
-
-    Args:
-        func: ``func(params_tuple) -> scalar tensor``.
-        params: the point of evaluation.
-        generator: source of the probes (probes are drawn on its device, then moved).
-        num_probes: k ≥ 1.
-        method: ``"jvp"`` or ``"double_backward"``.
-
-    Returns:
-        ``(grads, diagonal)``, tuples with one tensor per parameter.
-
-    Raises:
-        ValueError: for ``num_probes < 1``, an unknown method, or a ``func`` that does not
-            depend on ``params`` (double backward).
-
-    Examples:
-        >>> import torch
-        >>> f = lambda p: (torch.tensor([1.0, 2.0, 3.0]) * p[0] ** 2).sum()
-        >>> gen = torch.Generator().manual_seed(0)
-        >>> g, d = hutchinson_diagonal(f, (torch.ones(3),), generator=gen)
-        >>> d[0]
-        tensor([2., 4., 6.])
-    """
-    check_positive_int("num_probes", num_probes)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator should be a torch.Generator, but got {type(generator).__name__}"
-        )
-    params = tuple(params)
-    if method == "jvp":
-        grads: Params | None = None
-        acc = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        for _ in range(num_probes):
-            z = _rademacher(params, generator)
-            g, hz = hessian_vector_product(func, params, z)
-            grads = g if grads is None else grads
-            for a, zi, hi in zip(acc, z, hz, strict=True):
-                a.addcmul_(zi, hi)
-        assert grads is not None
-        return tuple(g.detach() for g in grads), tuple(a.div_(num_probes) for a in acc)
-    if method == "double_backward":
-        return _hutchinson_double_backward(func, params, generator, num_probes)
-    raise ValueError(f"method should be 'jvp' or 'double_backward', but got method={method!r}")
-
-
-def _hutchinson_double_backward(
-    func: ScalarFn, params: Params, generator: torch.Generator, num_probes: int
-) -> tuple[Params, Params]:
-    with torch.enable_grad():
-        loss = func(params)
-        if not loss.requires_grad:
-            raise ValueError(
-                "the loss does not require grad: loss_fn must return losses built from the "
-                "tracked parameters, with graph (not under torch.no_grad, not detached)"
-            )
-        raw = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        grads = tuple(
-            torch.zeros_like(p) if g is None else g for p, g in zip(params, raw, strict=True)
-        )
-        live = [i for i, g in enumerate(grads) if g.requires_grad]
-        acc = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        for _ in range(num_probes):
-            z = _rademacher(params, generator)
-            if not live:
-                continue
-            hz = torch.autograd.grad(
-                [grads[i] for i in live],
-                params,
-                grad_outputs=[z[i] for i in live],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            for a, zi, hi in zip(acc, z, hz, strict=True):
-                if hi is not None:
-                    a.addcmul_(zi, hi.detach())
-    return tuple(g.detach() for g in grads), tuple(a.div_(num_probes) for a in acc)
-
-
-# --------------------------------------------------------------------------- the monitor
-
-
-class QuadraticLossMonitor:
+class QuadraticLossMonitor(Stateful):
     r"""Decides when to reselect coresets by checking a local quadratic model of the loss.
 
-    At an **anchor** (right after a selection, parameters w_ℓ) the monitor computes, for the
-    γ-weighted coreset loss averaged over the P coresets,
-    L_S(w) = (1/P) Σ_p mean_{i∈S_p} γ_i ℓ_i(w):
-
-    * g: its gradient, smoothed m_t = β1 m_{t−1} + (1−β1) ∇L_S, bias-corrected m_t/(1−β1^t);
-    * diag(H): Hutchinson's estimate D of its Hessian diagonal (one set of Rademacher probes per
-      coreset), smoothed v_t = β2 v_{t−1} + (1−β2) D², used as sqrt(v_t/(1−β2^t)) + ε
-      (AdaHessian's form; always positive); the EMAs carry over between anchors;
-    * ‖H_ℓ‖ (the first is ‖H_0‖), a snapshot of the tracked parameters, and L_0, the mean loss
-      of the check sample V_r.
-
-    A **check** (every T1 steps) reads the parameters w_t, so any optimizer (momentum, weight
-    decay, Adam) is accounted for, and returns ρ = |L_r(w_t) − F(δ)| / L_r(w_t) with
-    F(δ) = L_0 + gᵀδ + ½ δᵀ diag(H) δ, δ = w_t − w_ℓ. It evaluates exactly |V_r| examples,
-    never the training set, and adds nothing to the training step. The interval is
-    T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) (CREST, Yang, Kang, Mirzasoleiman, ICML 2023, §4.2; the
-    paper's default τ = 0.05, h = 1).
-
-    **Mode.** All evaluations (gradient, HVPs, L_0, L_r) run in eval mode, so the model, L_0
-    and L_r are the same function of w (no batch statistics, no dropout) and ρ = 0 at δ = 0.
-    The monitor switches the model (``params`` if it is a module, else ``module``) to eval and
-    restores every submodule's flag after; ``loss_fn`` itself must not switch modes. Without a
-    module, ``loss_fn`` is responsible for its mode.
-
-    **Memory.** One copy of the tracked parameters (the snapshot) and two EMA buffers; pass a
-    subset (e.g. ``model.fc.parameters()`` with ``module=model``) for large networks, as the
-    paper did for RoBERTa.
+    At an **anchor** (right after a selection, parameters w_ℓ) it builds, for the γ-weighted
+    coreset loss averaged over the P coresets, the smoothed gradient g (EMA β1), the smoothed
+    Hutchinson estimate of the Hessian diagonal diag(H) = sqrt(EMA_β2(D²)) + ε, ‖H_ℓ‖, a
+    snapshot of the tracked parameters and L_0, the mean loss of the check sample V_r. A
+    **check** reads the parameters w_t (any optimizer is accounted for) and returns
+    ρ = |L_r(w_t) − F(δ)| / L_r(w_t), F(δ) = L_0 + gᵀδ + ½ δᵀ diag(H) δ, evaluating exactly
+    |V_r| examples. The interval is T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) (CREST, Yang, Kang,
+    Mirzasoleiman, ICML 2023, §4.2; the paper's τ = 0.05, h = 1). Every evaluation runs in
+    eval mode (the model is switched and every submodule's flag restored after), so ρ = 0 at
+    δ = 0. Memory: one copy of the tracked parameters and two EMA buffers; track a subset
+    (e.g. ``model.fc.parameters()`` with ``module=model``) for large networks. The maths, the
+    costs and the choices are in ``docs/monitor.md``.
 
     Args:
         params: the model (all its parameters that require grad are tracked) or an iterable of
@@ -325,6 +182,21 @@ class QuadraticLossMonitor:
         (True, False)
     """
 
+    # declared state (add_state in __init__)
+    _num_anchors: int
+    _num_checks: int
+    _exp_avg: list[Tensor] | None
+    _exp_hessian_sq: list[Tensor] | None
+    _snapshot: list[Tensor] | None
+    _check_indices: list[int] | None
+    _loss0: float
+    _grad_norm: float
+    _hessian_norm0: float | None
+    _hessian_norm: float
+    _interval: int
+    anchor_seconds: float
+    check_seconds: float
+
     def __init__(
         self,
         params: Iterable[nn.Parameter] | nn.Module,
@@ -342,6 +214,7 @@ class QuadraticLossMonitor:
         hvp: Literal["auto", "jvp", "double_backward"] = "auto",
         max_interval: int | None = None,
     ) -> None:
+        super().__init__()
         if not callable(loss_fn):
             raise TypeError(f"loss_fn should be callable, but got {type(loss_fn).__name__}")
         self._loss_fn = loss_fn
@@ -349,87 +222,41 @@ class QuadraticLossMonitor:
         self.interval_multiplier = check_real(
             "interval_multiplier", interval_multiplier, low=0.0, strict=True
         )
-        self.beta1 = _check_beta("beta1", beta1)
-        self.beta2 = _check_beta("beta2", beta2)
+        self.beta1 = check_in_interval("beta1", beta1, "[0, 1)")
+        self.beta2 = check_in_interval("beta2", beta2, "[0, 1)")
         self.eps = check_real("eps", eps, low=0.0, strict=True)
         self.num_probes = check_positive_int("num_probes", num_probes)
-        if max_interval is not None:
-            check_positive_int("max_interval", max_interval)
-        self.max_interval = max_interval
-        if hvp not in ("auto", "jvp", "double_backward"):
-            raise ValueError(
-                f"hvp should be 'auto', 'jvp' or 'double_backward', but got hvp={hvp!r}"
-            )
-        if generator is not None and seed is not None:
-            raise ValueError(
-                f"pass seed or generator, not both (got seed={seed!r} and a generator)"
-            )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator should be a torch.Generator, but got {type(generator).__name__}"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed should be an int, but got seed={seed!r}")
-        self._generator = generator or torch.Generator().manual_seed(0 if seed is None else seed)
-
-        if module is not None and not isinstance(module, nn.Module):
-            raise TypeError(f"module should be an nn.Module, but got {type(module).__name__}")
-        if isinstance(params, nn.Module):
-            if module is not None and _unwrap(module) is not _unwrap(params):
-                raise ValueError("params is a module; module=, if given, should be the same one")
-            module = params
-            tracked: list[Any] = [p for p in _unwrap(params).parameters() if p.requires_grad]
-        elif isinstance(params, Tensor):
-            tracked = [params]
-        else:
-            if not isinstance(params, Iterable):
-                raise TypeError(
-                    f"params should be an nn.Module or an iterable of parameters, but got "
-                    f"{type(params).__name__}"
-                )
-            tracked = list(params)
-        seen: set[int] = set()
-        self._params: list[Tensor] = []
-        for p in tracked:
-            if not isinstance(p, Tensor):
-                raise TypeError(f"params should hold tensors, but got {type(p).__name__}")
-            if not p.is_floating_point() or not p.requires_grad:
-                raise ValueError(
-                    f"params should hold floating tensors that require grad, but got one of "
-                    f"shape {tuple(p.shape)}, dtype {p.dtype}, requires_grad={p.requires_grad}"
-                )
-            if id(p) not in seen:
-                seen.add(id(p))
-                self._params.append(p)
-        if not self._params:
-            raise ValueError("params is empty: nothing to track")
-        self._module: nn.Module | None = None if module is None else _unwrap(module)
-        self._names: list[str] | None = None
-        if self._module is not None:
-            by_id = {id(p): name for name, p in self._module.named_parameters()}
-            missing = [tuple(p.shape) for p in self._params if id(p) not in by_id]
-            if missing:
-                raise ValueError(
-                    f"params holds tensors that are not parameters of module (shapes {missing})"
-                )
-            self._names = [by_id[id(p)] for p in self._params]
+        self.max_interval = check_optional_positive_int("max_interval", max_interval)
+        check_choice("hvp", hvp, _HVP)
+        self._generator = _probe_generator(seed, generator)
+        self._params, self._module, self._names = _tracked(params, module)
         if hvp == "jvp" and self._names is None:
             raise ValueError("hvp='jvp' needs the model: pass params as a module, or module=...")
-        self._hvp: str = "double_backward" if self._names is None else hvp
 
-        self._num_anchors = 0
-        self._num_checks = 0
-        self._exp_avg: list[Tensor] | None = None
-        self._exp_hessian_sq: list[Tensor] | None = None
-        self._snapshot: list[Tensor] | None = None
-        self._check_indices: list[int] | None = None
-        self._loss0 = math.nan
-        self._grad_norm = math.nan
-        self._hessian_norm0: float | None = None
-        self._hessian_norm = math.nan
-        self._interval = 1
-        self.anchor_seconds = 0.0
-        self.check_seconds = 0.0
+        self._curvature = CoresetCurvature(
+            loss_fn, self._params, self._module, self._names, self._generator, self.num_probes
+        )
+        tensors = Codec(_clone_all, partial(_read_tensors, self._params))
+        self.add_state("num_anchors", INT, 0, attr="_num_anchors")
+        self.add_state("num_checks", INT, 0, attr="_num_checks")
+        self.add_state("exp_avg", tensors, None, attr="_exp_avg")
+        self.add_state("exp_hessian_sq", tensors, None, attr="_exp_hessian_sq")
+        self.add_state("snapshot", tensors, None, attr="_snapshot")
+        self.add_state(
+            "check_indices", Codec(_copy_list, _read_indices), None, attr="_check_indices"
+        )
+        self.add_state("loss0", FLOAT, math.nan, attr="_loss0")
+        self.add_state("grad_norm", FLOAT, math.nan, attr="_grad_norm")
+        self.add_state("hessian_norm0", Codec(_same, _read_optional_float), None,
+                       attr="_hessian_norm0")  # fmt: skip
+        self.add_state("hessian_norm", FLOAT, math.nan, attr="_hessian_norm")
+        self.add_state("interval", INT, 1, attr="_interval")
+        hvp_used = "double_backward" if self._names is None else hvp
+        self.add_state("hvp", Codec(str, _read_hvp), hvp_used, attr="_hvp")
+        self.add_state("generator_state", Codec(Tensor.clone, _read_byte_tensor),
+                       self._generator.get_state(), attr="_generator_state")  # fmt: skip
+        self.add_state("anchor_seconds", FLOAT, 0.0)
+        self.add_state("check_seconds", FLOAT, 0.0)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -464,22 +291,19 @@ class QuadraticLossMonitor:
             ValueError: on empty or mismatched coresets/weights, a ``loss_fn`` result of the
                 wrong shape, or a non-finite gradient, Hessian diagonal or loss.
         """
-        sets = self._check_coresets(coresets, weights)
-        check = _check_indices(check_indices)
-        if not check:
-            raise ValueError("check_indices is empty: the check sample needs at least one index")
+        sets = _check_coresets(coresets, weights)
+        check = _check_sample(check_indices)
         start = time.perf_counter()
         snapshot = [p.detach().clone() for p in self._params]
-        num_sets = len(sets)
         grad_sum = [torch.zeros_like(p) for p in self._params]
         diag_sum = [torch.zeros_like(p) for p in self._params]
-        with _eval_mode(self._module):
+        with eval_mode(self._module):
             for k, (idx, w) in enumerate(sets):
-                g, d = self._hutchinson(self._coreset_objective(idx, w, k))
+                g, d = self._curvature.estimate(idx, w, k)
                 for gs, ds, gi, di in zip(grad_sum, diag_sum, g, d, strict=True):
-                    gs.add_(gi, alpha=1.0 / num_sets)
-                    ds.add_(di, alpha=1.0 / num_sets)
-            loss0 = self._mean_loss(check, "anchor")
+                    gs.add_(gi, alpha=1.0 / len(sets))
+                    ds.add_(di, alpha=1.0 / len(sets))
+            loss0 = _mean_loss(self._loss_fn, check, "anchor")
         if not all(bool(torch.isfinite(t).all()) for t in (*grad_sum, *diag_sum)):
             raise ValueError(
                 "anchor: the gradient or Hessian diagonal of the coreset loss is not finite "
@@ -532,12 +356,10 @@ class QuadraticLossMonitor:
         if self._snapshot is None or self._check_indices is None:
             raise RuntimeError("check() called before anchor(): there is no quadratic model yet")
         start = time.perf_counter()
-        with _eval_mode(self._module):
-            loss = self._mean_loss(self._check_indices, "check")
+        with eval_mode(self._module):
+            loss = _mean_loss(self._loss_fn, self._check_indices, "check")
         grad_hat, hess_hat = self._model_terms()
-        lin = 0.0
-        quad = 0.0
-        delta_sq = 0.0
+        lin = quad = delta_sq = 0.0
         with torch.no_grad():
             for p, s, g, h in zip(self._params, self._snapshot, grad_hat, hess_hat, strict=True):
                 d = (p.detach() - s).double()
@@ -563,216 +385,27 @@ class QuadraticLossMonitor:
         logger.debug("check %d after anchor %d: %s", self._num_checks, self._num_anchors, report)
         return report
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the monitor's state (fresh tensors and plain Python values).
-
-        Examples:
-            >>> import torch
-            >>> model = torch.nn.Linear(2, 1)
-            >>> m = QuadraticLossMonitor(model, lambda i: model(torch.ones(len(i), 2))[:, 0] ** 2)
-            >>> sorted(m.state_dict())[:3]
-            ['anchor_seconds', 'check_indices', 'check_seconds']
-        """
-
-        def clone(ts: list[Tensor] | None) -> list[Tensor] | None:
-            return None if ts is None else [t.detach().clone() for t in ts]
-
-        return {
-            "num_anchors": self._num_anchors,
-            "num_checks": self._num_checks,
-            "exp_avg": clone(self._exp_avg),
-            "exp_hessian_sq": clone(self._exp_hessian_sq),
-            "snapshot": clone(self._snapshot),
-            "check_indices": None if self._check_indices is None else list(self._check_indices),
-            "loss0": self._loss0,
-            "grad_norm": self._grad_norm,
-            "hessian_norm0": self._hessian_norm0,
-            "hessian_norm": self._hessian_norm,
-            "interval": self._interval,
-            "hvp": self._hvp,
-            "generator_state": self._generator.get_state(),
-            "anchor_seconds": self.anchor_seconds,
-            "check_seconds": self.check_seconds,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (tensors are copied to the parameters).
-
-        Raises:
-            ValueError: on missing keys or tensors that do not match the tracked parameters.
-
-        Examples:
-            >>> import torch
-            >>> model = torch.nn.Linear(2, 1)
-            >>> f = lambda i: model(torch.ones(len(i), 2))[:, 0] ** 2
-            >>> a, b = QuadraticLossMonitor(model, f), QuadraticLossMonitor(model, f)
-            >>> b.load_state_dict(a.state_dict())
-            >>> b.interval
-            1
-        """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state should be a mapping, but got {type(state).__name__}")
-        required = {
-            "num_anchors", "num_checks", "exp_avg", "exp_hessian_sq", "snapshot",
-            "check_indices", "loss0", "grad_norm", "hessian_norm0", "hessian_norm",
-            "interval", "hvp", "generator_state",
-        }  # fmt: skip
-        missing = sorted(required - set(state))
-        if missing:
-            raise ValueError(f"state is missing keys {missing}")
-        tensors = {
-            k: self._load_tensors(k, state[k]) for k in ("exp_avg", "exp_hessian_sq", "snapshot")
-        }
-        self._num_anchors = int(state["num_anchors"])
-        self._num_checks = int(state["num_checks"])
-        self._exp_avg = tensors["exp_avg"]
-        self._exp_hessian_sq = tensors["exp_hessian_sq"]
-        self._snapshot = tensors["snapshot"]
-        ci = state["check_indices"]
-        self._check_indices = None if ci is None else [int(i) for i in ci]
-        self._loss0 = float(state["loss0"])
-        self._grad_norm = float(state["grad_norm"])
-        h0 = state["hessian_norm0"]
-        self._hessian_norm0 = None if h0 is None else float(h0)
-        self._hessian_norm = float(state["hessian_norm"])
-        self._interval = int(state["interval"])
-        if self._names is not None and state["hvp"] in ("auto", "jvp", "double_backward"):
-            self._hvp = str(state["hvp"])  # without a module it stays "double_backward"
-        self._generator.set_state(state["generator_state"])
-        self.anchor_seconds = float(state.get("anchor_seconds", 0.0))
-        self.check_seconds = float(state.get("check_seconds", 0.0))
-
     # -- internals ------------------------------------------------------------------------
 
-    def _load_tensors(self, key: str, value: Any) -> list[Tensor] | None:
-        if value is None:
-            return None
-        if not isinstance(value, (list, tuple)) or len(value) != len(self._params):
-            raise ValueError(
-                f"state[{key!r}] should be a list of {len(self._params)} tensors (one per tracked "
-                f"parameter), but got {type(value).__name__} of length "
-                f"{len(value) if hasattr(value, '__len__') else '?'}"
-            )
-        out = []
-        for i, (t, p) in enumerate(zip(value, self._params, strict=True)):
-            if not isinstance(t, Tensor) or t.shape != p.shape:
-                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(
-                    f"state[{key!r}][{i}] should have shape {tuple(p.shape)}, but got {shape}"
-                )
-            out.append(t.detach().to(device=p.device, dtype=p.dtype, copy=True))
-        return out
+    @property
+    def _generator_state(self) -> Tensor:
+        return self._generator.get_state()
 
-    def _check_coresets(
-        self, coresets: Sequence[Sequence[int]], weights: Sequence[Tensor]
-    ) -> list[tuple[list[int], Tensor]]:
-        cs: object = coresets
-        ws: object = weights
-        if isinstance(cs, (str, bytes)) or not isinstance(cs, Sequence):
-            raise TypeError(
-                f"coresets should be a sequence of index lists, but got {type(cs).__name__}"
-            )
-        if isinstance(ws, Tensor) or not isinstance(ws, Sequence):
-            raise TypeError(
-                f"weights should be a sequence of 1-D tensors, but got {type(ws).__name__}"
-            )
-        if not coresets:
-            raise ValueError("coresets is empty: anchor needs at least one coreset")
-        if len(weights) != len(coresets):
-            raise ValueError(
-                f"weights should have one tensor per coreset ({len(coresets)}), but got "
-                f"{len(weights)}"
-            )
-        out = []
-        for k, (c, w) in enumerate(zip(coresets, weights, strict=True)):
-            idx = _check_indices(c)
-            if not idx:
-                raise ValueError(f"coresets[{k}] is empty")
-            if not isinstance(w, Tensor) or not w.is_floating_point():
-                what = f"dtype {w.dtype}" if isinstance(w, Tensor) else type(w).__name__
-                raise TypeError(f"weights[{k}] should be a floating tensor, but got {what}")
-            if w.shape != (len(idx),):
-                raise ValueError(
-                    f"weights[{k}] should have shape ({len(idx)},) to match coresets[{k}], "
-                    f"but got {tuple(w.shape)}"
-                )
-            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-                raise ValueError(f"weights[{k}] should be finite and non-negative")
-            out.append((idx, w.detach()))
-        return out
+    @_generator_state.setter
+    def _generator_state(self, state: Tensor) -> None:
+        self._generator.set_state(state)
 
-    def _losses(self, indices: list[int], call: str) -> Tensor:
-        losses = self._loss_fn(indices)
-        if not isinstance(losses, Tensor) or not losses.is_floating_point():
-            what = f"dtype {losses.dtype}" if isinstance(losses, Tensor) else type(losses).__name__
-            raise TypeError(
-                f"loss_fn(indices) in {call} should return a floating tensor, but got {what}"
-            )
-        if losses.shape != (len(indices),):
-            raise ValueError(
-                f"loss_fn(indices) in {call} returned shape {tuple(losses.shape)} for "
-                f"{len(indices)} indices; expected ({len(indices)},)"
-            )
-        return losses
+    @property
+    def _hvp(self) -> str:
+        return self._curvature.hvp
 
-    def _mean_loss(self, indices: list[int], call: str) -> float:
-        with torch.no_grad():
-            value = float(self._losses(indices, call).double().mean())
-        if not math.isfinite(value):
-            raise ValueError(
-                f"loss_fn(indices) in {call} returned non-finite losses (mean {value})"
-            )
-        return value
+    @_hvp.setter
+    def _hvp(self, hvp: str) -> None:
+        self._curvature.hvp = hvp
 
-    def _coreset_objective(self, idx: list[int], w: Tensor, k: int) -> ScalarFn:
-        call = f"anchor, coresets[{k}]"
-
-        def eager() -> Tensor:
-            losses = self._losses(idx, call)
-            return (w.to(losses) * losses).mean()
-
-        names = self._names
-        module = self._module
-        if names is None or module is None:
-            return lambda _params: eager()
-
-        def func(params: Params) -> Tensor:
-            return _call_with(module, names, params, eager)
-
-        return func
-
-    def _hutchinson(self, func: ScalarFn) -> tuple[Params, Params]:
-        params = tuple(self._params)
-        if self._hvp == "double_backward":
-            return hutchinson_diagonal(
-                func,
-                params,
-                generator=self._generator,
-                num_probes=self.num_probes,
-                method="double_backward",
-            )
-        state = self._generator.get_state()
-        try:
-            return hutchinson_diagonal(
-                func, params, generator=self._generator, num_probes=self.num_probes, method="jvp"
-            )
-        except (RuntimeError, NotImplementedError) as err:
-            if self._hvp != "auto":
-                raise
-            logger.warning(
-                "forward-mode AD failed (%s); computing Hessian-vector products by double "
-                "backward from now on",
-                err,
-            )
-            self._hvp = "double_backward"
-            self._generator.set_state(state)
-            return hutchinson_diagonal(
-                func,
-                params,
-                generator=self._generator,
-                num_probes=self.num_probes,
-                method="double_backward",
-            )
+    def _after_load(self) -> None:
+        if self._names is None:
+            self._hvp = "double_backward"  # without the model, whatever the saved monitor did
 
     def _model_terms(self) -> tuple[list[Tensor], list[Tensor]]:
         """Bias-corrected gradient and Hessian diagonal sqrt(v/(1−β2^t)) + ε."""
@@ -796,51 +429,159 @@ class QuadraticLossMonitor:
 # --------------------------------------------------------------------------- helpers
 
 
-class _Closure(nn.Module):
-    """Wraps a closure over ``model`` so ``functional_call`` can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, fn: Callable[[], Tensor]) -> None:
-        super().__init__()
-        self.model = model
-        self._fn = fn
-
-    def forward(self) -> Tensor:
-        return self._fn()
+def _probe_generator(seed: Any, generator: Any) -> torch.Generator:
+    given = check_seed_or_generator(seed, generator)
+    return given or torch.Generator().manual_seed(0 if seed is None else seed)
 
 
-def _call_with(
-    module: nn.Module, names: list[str], params: Params, fn: Callable[[], Tensor]
-) -> Tensor:
-    wrapper = _Closure(module, fn)
-    mapping = {f"model.{n}": p for n, p in zip(names, params, strict=True)}
-    out: Tensor = functional_call(wrapper, mapping, ())
+def _tracked(params: Any, module: Any) -> tuple[list[Tensor], nn.Module | None, list[str] | None]:
+    """The tracked parameters (distinct, floating, requiring grad), the unwrapped module that
+    owns them (if known) and their names in it."""
+    if module is not None and not isinstance(module, nn.Module):
+        raise TypeError(f"module should be an nn.Module, but got {type(module).__name__}")
+    if isinstance(params, nn.Module):
+        if module is not None and unwrap(module) is not unwrap(params):
+            raise ValueError("params is a module; module=, if given, should be the same one")
+        module = params
+        candidates: list[Any] = [p for p in unwrap(params).parameters() if p.requires_grad]
+    elif isinstance(params, Tensor):
+        candidates = [params]
+    elif isinstance(params, Iterable):
+        candidates = list(params)
+    else:
+        raise TypeError(
+            f"params should be an nn.Module or an iterable of parameters, but got "
+            f"{type(params).__name__}"
+        )
+    tracked: list[Tensor] = []
+    for p in candidates:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params should hold tensors, but got {type(p).__name__}")
+        if not p.is_floating_point() or not p.requires_grad:
+            raise ValueError(
+                f"params should hold floating tensors that require grad, but got one of "
+                f"shape {tuple(p.shape)}, dtype {p.dtype}, requires_grad={p.requires_grad}"
+            )
+        if all(p is not q for q in tracked):
+            tracked.append(p)
+    if not tracked:
+        raise ValueError("params is empty: nothing to track")
+    if module is None:
+        return tracked, None, None
+    owner = unwrap(module)
+    by_id = {id(p): name for name, p in owner.named_parameters()}
+    missing = [tuple(p.shape) for p in tracked if id(p) not in by_id]
+    if missing:
+        raise ValueError(
+            f"params holds tensors that are not parameters of module (shapes {missing})"
+        )
+    return tracked, owner, [by_id[id(p)] for p in tracked]
+
+
+def _mean_loss(loss_fn: PerSampleLoss, indices: list[int], call: str) -> float:
+    with torch.no_grad():
+        value = float(checked_losses(loss_fn, indices, call).double().mean())
+    if not math.isfinite(value):
+        raise ValueError(f"loss_fn(indices) in {call} returned non-finite losses (mean {value})")
+    return value
+
+
+def _read_tensors(params: list[Tensor], value: Any, where: str) -> list[Tensor] | None:
+    """A list of tensors shaped like the tracked parameters (copied to their device)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != len(params):
+        size = len(value) if hasattr(value, "__len__") else "?"
+        raise ValueError(
+            f"{where} should be a list of {len(params)} tensors (one per tracked parameter), "
+            f"but got {type(value).__name__} of length {size}"
+        )
+    out = []
+    for i, (t, p) in enumerate(zip(value, params, strict=True)):
+        if not isinstance(t, Tensor) or t.shape != p.shape:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{where}[{i}] should have shape {tuple(p.shape)}, but got {shape}")
+        out.append(t.detach().to(device=p.device, dtype=p.dtype, copy=True))
     return out
 
 
-def _rademacher(params: Params, generator: torch.Generator) -> Params:
+def _check_coresets(
+    coresets: Sequence[Sequence[int]], weights: Sequence[Tensor]
+) -> list[tuple[list[int], Tensor]]:
+    cs: object = coresets
+    ws: object = weights
+    if isinstance(cs, (str, bytes)) or not isinstance(cs, Sequence):
+        raise TypeError(
+            f"coresets should be a sequence of index lists, but got {type(cs).__name__}"
+        )
+    if isinstance(ws, Tensor) or not isinstance(ws, Sequence):
+        raise TypeError(f"weights should be a sequence of 1-D tensors, but got {type(ws).__name__}")
+    if not coresets:
+        raise ValueError("coresets is empty: anchor needs at least one coreset")
+    if len(weights) != len(coresets):
+        raise ValueError(
+            f"weights should have one tensor per coreset ({len(coresets)}), but got {len(weights)}"
+        )
     out = []
-    for p in params:
-        z = torch.randint(0, 2, p.shape, generator=generator, device=generator.device)
-        out.append(z.to(device=p.device, dtype=p.dtype).mul_(2).sub_(1))
-    return tuple(out)
+    for k, (c, w) in enumerate(zip(coresets, weights, strict=True)):
+        idx = check_indices(c)
+        if not idx:
+            raise ValueError(f"coresets[{k}] is empty")
+        if not isinstance(w, Tensor) or not w.is_floating_point():
+            what = f"dtype {w.dtype}" if isinstance(w, Tensor) else type(w).__name__
+            raise TypeError(f"weights[{k}] should be a floating tensor, but got {what}")
+        if w.shape != (len(idx),):
+            raise ValueError(
+                f"weights[{k}] should have shape ({len(idx)},) to match coresets[{k}], "
+                f"but got {tuple(w.shape)}"
+            )
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"weights[{k}] should be finite and non-negative")
+        out.append((idx, w.detach()))
+    return out
+
+
+def _check_sample(indices: Sequence[int]) -> list[int]:
+    check = check_indices(indices)
+    if not check:
+        raise ValueError("check_indices is empty: the check sample needs at least one index")
+    return check
 
 
 def _norm(ts: Sequence[Tensor]) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for t in ts))
 
 
-def _same_shapes(name: str, params: Params, others: Params) -> None:
-    if len(others) != len(params) or any(
-        a.shape != b.shape for a, b in zip(params, others, strict=True)
-    ):
-        raise ValueError(
-            f"{name} should match params in number and shapes, but got "
-            f"{[tuple(t.shape) for t in others]} for {[tuple(p.shape) for p in params]}"
-        )
+# the monitor's state fields that are not plain numbers
 
 
-def _check_beta(name: str, value: Any) -> float:
-    v = check_real(name, value, low=0.0)
-    if v >= 1.0:
-        raise ValueError(f"{name} should be in [0, 1), but got {name}={value!r}")
-    return v
+def _same(value: Any) -> Any:
+    return value
+
+
+def _copy_list(value: list[int] | None) -> list[int] | None:
+    return None if value is None else list(value)
+
+
+def _clone_all(tensors: list[Tensor] | None) -> list[Tensor] | None:
+    return None if tensors is None else [t.detach().clone() for t in tensors]
+
+
+def _read_indices(value: Any, where: str) -> list[int] | None:
+    return None if value is None else [int(i) for i in value]
+
+
+def _read_optional_float(value: Any, where: str) -> float | None:
+    return None if value is None else FLOAT.decode(value, where)
+
+
+def _read_hvp(value: Any, where: str) -> str:
+    if value not in _HVP:
+        raise ValueError(f"{where} should be one of {_HVP}, but got {value!r}")
+    return str(value)
+
+
+def _read_byte_tensor(value: Any, where: str) -> Tensor:
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+        raise TypeError(f"{where} should be a generator state (a uint8 tensor), but got {value!r}")
+    return value.clone()

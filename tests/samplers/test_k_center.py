@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreset_sampler.k_center import greedy_k_center
-from coreset_sampler.k_center_sampler import KCenterBatchSampler
-from coreset_sampler.sampler import WeightedIndex, WithWeights, _largest_remainder, _steps_per_epoch
+from coreset_sampler.kernels import greedy_k_center
+from coreset_sampler.samplers import KCenterBatchSampler
+from coreset_sampler.samplers._selection import largest_remainder as _largest_remainder
+from coreset_sampler.samplers._stream import steps_per_epoch as _steps_per_epoch
+from coreset_sampler.weights import WeightedIndex, WithWeights
 
 
 class Proxies:
@@ -84,7 +86,7 @@ def test_cycles_in_fresh_order_and_reselects_every_reselect_every_steps(
     s = KCenterBatchSampler(
         n, 5, callback=proxies, budget=0.5, pool_size=20, num_pools=3, reselect_every=6, seed=0
     )
-    with caplog.at_level(logging.INFO, logger="coreset_sampler.k_center_sampler"):
+    with caplog.at_level(logging.INFO, logger="coreset_sampler.samplers.k_center"):
         batches = batches_of(s)  # 30 steps: selections at steps 0, 6, ..., 24
     assert len(batches) == 30 and len(proxies.calls) == 5
     first = [tuple(b) for b in batches[:6]]
@@ -170,8 +172,12 @@ def test_state_errors() -> None:
     s = KCenterBatchSampler(100, 5, callback=Proxies(100))
     with pytest.raises(TypeError, match="state should be a mapping"):
         s.load_state_dict(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"missing keys \['coresets'"):
-        s.load_state_dict({k: v for k, v in s.state_dict().items() if k != "coresets"})
+    with pytest.raises(ValueError, match=r"missing keys \['cycle'"):
+        s.load_state_dict({k: v for k, v in s.state_dict().items() if k != "cycle"})
+    cycle = s.state_dict()
+    del cycle["cycle"]["coresets"]
+    with pytest.raises(ValueError, match=r"state\['cycle'\] is missing keys \['coresets'"):
+        s.load_state_dict(cycle)
     with pytest.raises(ValueError, match="num_samples=101"):
         s.load_state_dict(KCenterBatchSampler(101, 5, callback=Proxies(101)).state_dict())
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from coreset_sampler import KCenterResult, greedy_k_center
+from coreset_sampler.kernels import KCenterResult, greedy_k_center
 
 
 def distances(x: np.ndarray) -> np.ndarray:
@@ -117,11 +117,11 @@ def test_errors() -> None:
     x = torch.randn(2, 6, 3)
     with pytest.raises(ValueError, match=r"k=6 exceeds the 5 valid points of problem 0"):
         greedy_k_center(x, 6, initial=torch.tensor([[True] + [False] * 5, [False] * 6]))
-    with pytest.raises(ValueError, match=r"k must be positive, but got k=0"):
+    with pytest.raises(ValueError, match=r"k should be positive, but got k=0"):
         greedy_k_center(x, 0)
-    with pytest.raises(TypeError, match=r"initial must be a boolean tensor"):
+    with pytest.raises(TypeError, match=r"initial should be a boolean tensor"):
         greedy_k_center(x, 1, initial=torch.zeros(2, 6))
-    with pytest.raises(ValueError, match=r"initial must have shape \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"initial should have shape \(2, 6\)"):
         greedy_k_center(x, 1, initial=torch.zeros(6, dtype=torch.bool))
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 0] = False
@@ -133,7 +133,7 @@ def test_errors() -> None:
     bad[0, 2, 1] = float("nan")
     with pytest.raises(ValueError, match=r"features of problem 0 contain non-finite .* row 2"):
         greedy_k_center(bad, 1)
-    with pytest.raises(ValueError, match=r"features must have shape"):
+    with pytest.raises(ValueError, match=r"features should have shape"):
         greedy_k_center(torch.randn(4), 1)
-    with pytest.raises(TypeError, match=r"features must be a floating-point tensor"):
+    with pytest.raises(TypeError, match=r"features should be a floating-point tensor"):
         greedy_k_center(torch.ones(4, 2, dtype=torch.long), 1)

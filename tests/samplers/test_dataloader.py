@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreset_sampler.sampler import CrestBatchSampler, RandomBatchSampler, WithWeights
+from coreset_sampler import CrestBatchSampler, RandomBatchSampler, WithWeights
 
 N = 240
 

@@ -1,5 +1,6 @@
-"""Tests of coreset_sampler.craig: budget and batch semantics, per-class split, weights against a
-direct kernel call, the convex gradient check, DataLoader workers, schedule, state, errors."""
+"""Tests of coreset_sampler.samplers.craig: budget and batch semantics, per-class split, weights
+against a direct kernel call, the convex gradient check, DataLoader workers, schedule, state,
+errors."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreset_sampler import _lazy
-from coreset_sampler.craig import CraigBatchSampler, _batch_positions, _coreset_size
-from coreset_sampler.facility_location import greedy_facility_location
 from coreset_sampler.gradients import cross_entropy_logit_grad, last_layer_grad
-from coreset_sampler.sampler import WeightedIndex, WithWeights, _largest_remainder, _steps_per_epoch
+from coreset_sampler.kernels import greedy_facility_location
+from coreset_sampler.kernels.facility_location import _lazy
+from coreset_sampler.samplers import CraigBatchSampler
+from coreset_sampler.samplers._selection import largest_remainder as _largest_remainder
+from coreset_sampler.samplers._stream import steps_per_epoch as _steps_per_epoch
+from coreset_sampler.samplers.craig import _batch_positions, _coreset_size
+from coreset_sampler.weights import WeightedIndex, WithWeights
 
 
 class Proxies:
@@ -138,7 +142,7 @@ def test_reselects_every_reselect_every_epochs_and_logs(caplog: pytest.LogCaptur
     n = 200
     proxies = Proxies(n)
     s = CraigBatchSampler(n, 5, callback=proxies, budget=0.1, reselect_every=2, seed=0)
-    with caplog.at_level(logging.INFO, logger="coreset_sampler.craig"):
+    with caplog.at_level(logging.INFO, logger="coreset_sampler.samplers.craig"):
         for _ in range(5):
             batches_of(s)
     assert len(proxies.calls) == 3  # epochs 0, 2, 4
@@ -319,7 +323,7 @@ def test_state_errors() -> None:
     s = CraigBatchSampler(100, 5, callback=Proxies(100), budget=0.2)
     with pytest.raises(TypeError, match="state should be a mapping"):
         s.load_state_dict([1, 2])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="not the state of a CraigBatchSampler"):
         s.load_state_dict({"seed": 0})
     other = CraigBatchSampler(100, 5, callback=Proxies(100), budget=0.3).state_dict()
     with pytest.raises(ValueError, match="coreset_size=30 but this sampler has coreset_size=20"):

@@ -1,0 +1,149 @@
+r"""Greedy facility location, batched over many independent problems, on any device.
+
+Facility location scores a set ``S`` of selected points by how well it covers every point,
+``F(S) = Σ_i max(b, max_{j∈S} s(i, j))``. ``F`` is monotone submodular, so the greedy algorithm
+(Nemhauser, Wolsey and Fisher, 1978), which adds the point of largest marginal gain at each
+step, is within ``1 − 1/e`` of the optimum. CRAIG (Mirzasoleiman, Bilmes and Leskovec, ICML
+2020) and CREST (Yang, Kang and Mirzasoleiman, ICML 2023) select their coresets with it and
+weight each selected point by the size of its cluster.
+
+One entry, one dispatch: :func:`greedy_facility_location` checks its arguments once into a
+problem description (:mod:`._problem`), picks a solver from a table keyed by method and device
+(:data:`_SOLVERS`), and the solver, a module of its own, returns the result: :mod:`._naive`,
+:mod:`._incremental`, :mod:`._stochastic` (PyTorch, any device) and :mod:`._lazy` (compiled,
+CPU). ``docs/facility_location.md`` explains each and why they pick alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from coreset_sampler._checks import check_choice
+
+from . import _incremental, _naive, _stochastic
+from ._problem import METHODS, FacilityLocationResult, Method, Problem, SimilarityName, describe
+from ._torch import materialises
+
+__all__ = ["FacilityLocationResult", "Method", "SimilarityName", "greedy_facility_location"]
+
+# "auto" runs the naive dense greedy on problems up to this size (when the matrix is small),
+# the incremental one above
+NAIVE_MAX_N = 128
+
+Solver = Callable[[Problem, "torch.Generator | None"], FacilityLocationResult]
+
+
+def _solve_lazy(problem: Problem, generator: torch.Generator | None) -> FacilityLocationResult:
+    # (the compiled solver's module imports numba: only when it is first asked for)
+    result: FacilityLocationResult = _compiled().solve_problem(problem, generator)
+    return result
+
+
+@functools.cache
+def _compiled() -> ModuleType:
+    return importlib.import_module("coreset_sampler.kernels.facility_location._lazy")
+
+
+# (method, device type) -> solver; device None: any device
+_SOLVERS: dict[tuple[str, str | None], Solver] = {
+    ("naive", None): _naive.solve,
+    ("incremental", None): _incremental.solve,
+    ("stochastic", None): _stochastic.solve,
+    ("lazy", "cpu"): _solve_lazy,
+}
+
+
+def greedy_facility_location(
+    features: Tensor | None,
+    k: int | Tensor,
+    *,
+    mask: Tensor | None = None,
+    similarity: SimilarityName | Tensor = "neg_distance",
+    method: Method = "auto",
+    epsilon: float = 0.1,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> FacilityLocationResult:
+    r"""Select ``k`` points per problem by greedy facility location, for many problems at once.
+
+    Maximises :math:`F(S) = \sum_{i} \max(0, \max_{j \in S} s(i, j))` over :math:`|S| = k`,
+    adding at each step the point of largest marginal gain (lowest index on ties). The
+    problems are the leading dimensions of ``features``; all are solved in one call.
+
+    Similarities: ``"neg_distance"`` (:math:`C - \lVert x_i - x_j \rVert`, ``C`` the largest
+    distance between two valid points of the problem: the paper's and CRAIG's), ``"exp"``
+    (:math:`\exp(-\lVert x_i - x_j \rVert / d)`: the CREST authors' code), ``"cosine"``,
+    ``"dot"``, or a precomputed ``[..., n, n]`` tensor (``s(i, j)`` at ``[..., i, j]``; pass
+    ``features=None``).
+
+    Methods: ``"naive"`` (dense, every gain every step), ``"incremental"`` (exact, corrects
+    only the gains that change; no ``n×n`` matrix with ``chunk_size``), ``"stochastic"``
+    (stochastic greedy, ``1 − 1/e − epsilon`` in expectation), ``"lazy"`` (exact, compiled with
+    numba, CPU: the fastest), ``"auto"`` (lazy on CPU with numba for named similarities without
+    ``chunk_size``, up to 64 features or, for features that are not float64, a small enough
+    batch; else naive up to 128 points, incremental above). The exact methods pick alike.
+    Costs, memory and exactness: ``docs/facility_location.md``.
+
+    Args:
+        features: ``[..., n, d]`` float tensor (half precision is computed in float32), or
+            ``None`` with a precomputed similarity.
+        k: picks per problem: an ``int``, or an integer tensor of the problems' leading shape.
+        mask: optional boolean ``[..., n]``; ``False`` rows are padding: neither candidates nor
+            counted, and their features may hold anything.
+        similarity: a name from the list above, or a precomputed ``[..., n, n]`` tensor.
+        method: ``"auto"``, ``"naive"``, ``"incremental"``, ``"stochastic"`` or ``"lazy"``.
+        epsilon: accuracy of the stochastic greedy, in ``(0, 1)``.
+        generator: random stream of the stochastic greedy (seed 0 when omitted).
+        chunk_size: rows per block when rows are recomputed from the features.
+
+    Returns:
+        A :class:`FacilityLocationResult` ``(indices, weights, gains, objective)``.
+
+    Raises:
+        TypeError: wrong argument types or dtypes.
+        ValueError: wrong shapes, non-finite values, ``k`` out of range for a problem, a mask
+            that selects nothing in a problem, an unknown similarity or method, or points whose
+            similarities would overflow. Messages name the argument, the problem and the value.
+        ImportError: ``method="lazy"`` without numba.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2], [9.0]])
+        >>> result = greedy_facility_location(x, 2)
+        >>> result.indices.tolist(), result.weights.tolist()
+        ([2, 0], [3.0, 2.0])
+
+        Many problems at once, with ragged sizes:
+
+        >>> pools = torch.randn(5, 50, 10, generator=torch.Generator().manual_seed(0))
+        >>> valid = torch.ones(5, 50, dtype=torch.bool)
+        >>> valid[1, 40:] = False
+        >>> out = greedy_facility_location(pools, 13, mask=valid)
+        >>> out.indices.shape, out.weights.sum(-1).tolist()
+        (torch.Size([5, 13]), [50.0, 40.0, 50.0, 50.0, 50.0])
+    """
+    check_choice("method", method, METHODS)
+    problem = describe(features, k, mask, similarity, epsilon, chunk_size)
+    name = _auto(problem) if method == "auto" else method
+    solver = _SOLVERS.get((name, problem.device.type)) or _SOLVERS.get((name, None))
+    if solver is None:
+        raise ValueError(
+            f"method={name!r} runs on the CPU, but the features are on {problem.device} (use "
+            "method='auto', 'naive' or 'incremental' there)"
+        )
+    return solver(problem, generator)
+
+
+def _auto(p: Problem) -> str:
+    """``method="auto"``: the compiled solver where it fits, else naive for small problems
+    whose dense similarity is built (or given), else incremental."""
+    if p.features is not None and p.device.type == "cpu" and _compiled().fits(p):
+        return "lazy"
+    small = p.n <= NAIVE_MAX_N and materialises(p, "incremental")
+    return "naive" if small else "incremental"

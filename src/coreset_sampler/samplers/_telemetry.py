@@ -1,0 +1,174 @@
+"""What the samplers report: a record per selection and per check, and running totals.
+
+:class:`Telemetry` keeps the last records (a bounded history, not saved) and the totals
+(counters, part of the state), logs each selection through the sampler's logger, and gives a
+:class:`SamplerTelemetry` snapshot on request. The library never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from coreset_sampler._checks import check_positive_int
+from coreset_sampler._state import COUNTERS, Stateful
+
+__all__ = ["CheckRecord", "SamplerTelemetry", "SelectionRecord", "Telemetry"]
+
+_COUNTERS = (
+    "num_selections",
+    "num_checks",
+    "callback_seconds",
+    "kernel_seconds",
+    "selection_seconds",
+    "anchor_seconds",
+    "check_seconds",
+)
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """One selection.
+
+    Attributes:
+        step: batches yielded before it (the index of the first batch it serves).
+        epoch: sampler epoch.
+        reason: ``"initial"``, ``"check"`` (the monitor's ρ > τ) or ``"interval"`` (fixed
+            ``reselect_every`` without a monitor).
+        num_pools: P.
+        pool_size: r.
+        interval: T1 after the anchor (``None`` without a monitor).
+        active_size: examples in the active set when the pools were drawn.
+        num_proxies: distinct examples sent to the callback.
+        callback_seconds: time in the user's callback (proxies).
+        kernel_seconds: time in :func:`greedy_facility_location` (and building its input).
+        anchor_seconds: time in ``monitor.anchor`` (0 without a monitor).
+        seconds: total time of the selection.
+    """
+
+    step: int
+    epoch: int
+    reason: str
+    num_pools: int
+    pool_size: int
+    interval: int | None
+    active_size: int
+    num_proxies: int
+    callback_seconds: float
+    kernel_seconds: float
+    anchor_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One ``monitor.check()``.
+
+    Attributes:
+        step: batches yielded before it.
+        seconds: time in ``monitor.check``.
+        rho: ρ the monitor reported.
+        reselect: whether it triggered a selection.
+        interval: T1 in use at the check.
+    """
+
+    step: int
+    seconds: float
+    rho: float
+    reselect: bool
+    interval: int
+
+
+@dataclass(frozen=True)
+class SamplerTelemetry:
+    """A snapshot of a sampler's ``telemetry``: the last records and running totals.
+
+    Samplers without monitor checks or dropping (CRAIG, k-center, random) report 0 for those.
+
+    Attributes:
+        selections: the most recent :class:`SelectionRecord` (at most ``telemetry_size``).
+        checks: the most recent :class:`CheckRecord` (at most ``telemetry_size``).
+        num_steps: batches yielded so far (all epochs).
+        num_selections: selections so far (including the first).
+        num_checks: monitor checks so far.
+        num_dropped: examples dropped from the active set.
+        callback_seconds: total time in the callback.
+        kernel_seconds: total time in the selection kernel.
+        anchor_seconds: total time in ``monitor.anchor``.
+        check_seconds: total time in ``monitor.check``.
+        selection_seconds: total time of the selections, everything included (drawing pools,
+            callback, kernel, anchor, bookkeeping): ``callback_seconds``, ``kernel_seconds``
+            and ``anchor_seconds`` are parts of it.
+    """
+
+    selections: list[SelectionRecord]
+    checks: list[CheckRecord]
+    num_steps: int
+    num_selections: int
+    num_checks: int
+    num_dropped: int
+    callback_seconds: float
+    kernel_seconds: float
+    anchor_seconds: float
+    check_seconds: float
+    selection_seconds: float
+
+
+class Telemetry(Stateful):
+    """Records and totals of a sampler's selections and checks.
+
+    ``label`` starts the log line of a selection (``"CRAIG "``: "CRAIG selection 3 ...").
+    """
+
+    counters: dict[str, float]
+
+    def __init__(self, size: int, logger: logging.Logger, label: str = "") -> None:
+        super().__init__()
+        self.size = check_positive_int("telemetry_size", size)
+        self.logger = logger
+        self.label = label
+        self.selections: deque[SelectionRecord] = deque(maxlen=self.size)
+        self.checks: deque[CheckRecord] = deque(maxlen=self.size)
+        self.add_state("counters", COUNTERS, dict.fromkeys(_COUNTERS, 0.0))
+
+    @property
+    def num_selections(self) -> int:
+        return int(self.counters["num_selections"])
+
+    def selection(self, record: SelectionRecord) -> None:
+        index = self.num_selections
+        self.selections.append(record)
+        c = self.counters
+        c["num_selections"] += 1
+        c["callback_seconds"] += record.callback_seconds
+        c["kernel_seconds"] += record.kernel_seconds
+        c["selection_seconds"] += record.seconds
+        c["anchor_seconds"] += record.anchor_seconds
+        self.logger.info("%sselection %d (%s): %s", self.label, index, record.reason, record)
+
+    def check(self, record: CheckRecord) -> None:
+        self.checks.append(record)
+        self.counters["num_checks"] += 1
+        self.counters["check_seconds"] += record.seconds
+        self.logger.debug("check at step %d: %s", record.step, record)
+
+    def snapshot(self, num_steps: int, num_dropped: int = 0) -> SamplerTelemetry:
+        c = self.counters
+        return SamplerTelemetry(
+            selections=list(self.selections),
+            checks=list(self.checks),
+            num_steps=num_steps,
+            num_selections=int(c["num_selections"]),
+            num_checks=int(c["num_checks"]),
+            num_dropped=num_dropped,
+            callback_seconds=c["callback_seconds"],
+            kernel_seconds=c["kernel_seconds"],
+            anchor_seconds=c["anchor_seconds"],
+            check_seconds=c["check_seconds"],
+            selection_seconds=c["selection_seconds"],
+        )
+
+    def _after_load(self) -> None:
+        # a state may lack counters this version keeps: they start at 0
+        self.counters = {**dict.fromkeys(_COUNTERS, 0.0), **self.counters}

@@ -1,0 +1,103 @@
+"""Weights that travel with their batch: :class:`WeightedIndex` and :class:`WithWeights`.
+
+A DataLoader with workers asks its batch sampler for batches ahead of training, so "the
+current coreset's weights" may already be newer than the batch the loop holds. Here each index
+the sampler yields carries the weight computed for its own batch, and the dataset wrapper reads
+it back next to the sample, in the worker, however far the loader prefetches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from coreset_sampler._checks import check_bool
+
+__all__ = ["WeightedIndex", "WithWeights"]
+
+
+class WeightedIndex(int):
+    """An example index (an ``int``) that carries the weight of the batch it was yielded in.
+
+    The samplers of this module yield lists of these. They index datasets, tensors and arrays
+    exactly like the ``int`` they equal, pickle with their weight (so they reach DataLoader
+    workers), and :class:`WithWeights` reads the weight back next to the sample. Arithmetic on
+    them returns plain ints.
+
+    Examples:
+        >>> import pickle
+        >>> i = WeightedIndex(7, 0.5)
+        >>> i == 7, i.weight, pickle.loads(pickle.dumps(i)).weight
+        (True, 0.5, 0.5)
+    """
+
+    weight: float
+
+    def __new__(cls, index: int, weight: float = 1.0) -> WeightedIndex:
+        obj = super().__new__(cls, index)
+        obj.weight = float(weight)
+        return obj
+
+    def __reduce__(self) -> tuple[type[WeightedIndex], tuple[int, float]]:
+        return (WeightedIndex, (int(self), self.weight))
+
+    def __repr__(self) -> str:
+        return f"WeightedIndex({int(self)}, weight={self.weight!r})"
+
+
+class WithWeights(Dataset[tuple[Any, ...]]):
+    """Opt-in dataset wrapper that returns each sample together with its coreset weight.
+
+    ``WithWeights(ds)[i]`` is ``(*ds[i], w)`` when ``ds[i]`` is a tuple and ``(ds[i], w)``
+    otherwise (a list, dict or tensor item is kept whole), with ``w = i.weight`` for a
+    :class:`WeightedIndex` and ``1.0`` for a plain int, as a 0-d float32 tensor (so the default
+    collate gives a float32 ``[batch]`` tensor). With ``return_index=True`` the example index is
+    appended after the weight (for
+    :meth:`~coreset_sampler.CrestBatchSampler.report_losses`). Because the weight rides on the
+    index the worker receives, it is always the weight computed for *that* batch,
+    however far the loader prefetches. Wrapped datasets that define ``__getitems__`` keep using
+    it.
+
+    Args:
+        dataset: a map-style dataset.
+        return_index: also return the example index (as a 0-d int64 tensor).
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = WithWeights(TensorDataset(torch.arange(4.0), torch.tensor([0, 1, 0, 1])))
+        >>> x, y, w = ds[WeightedIndex(2, 1.5)]
+        >>> float(x), int(y), float(w)
+        (2.0, 0, 1.5)
+    """
+
+    def __init__(self, dataset: Any, *, return_index: bool = False) -> None:
+        if not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                f"dataset should be a map-style dataset (with __getitem__), but got "
+                f"{type(dataset).__name__}"
+            )
+        self.dataset = dataset
+        self.return_index = check_bool("return_index", return_index)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return self._attach(self.dataset[index], index)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, ...]]:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        items = getitems(indices) if callable(getitems) else [self.dataset[i] for i in indices]
+        return [self._attach(item, i) for item, i in zip(items, indices, strict=True)]
+
+    def _attach(self, item: Any, index: int) -> tuple[Any, ...]:
+        weight = torch.tensor(float(getattr(index, "weight", 1.0)), dtype=torch.float32)
+        extra: tuple[Any, ...] = (weight,)
+        if self.return_index:
+            extra = (weight, torch.tensor(int(index), dtype=torch.int64))
+        if isinstance(item, tuple):
+            return (*item, *extra)
+        return (item, *extra)
