@@ -48,7 +48,10 @@ class BudgetedSampler(Sampler[list[int]]):
         """Set the parts; ``settings`` are configuration that belongs to no part. A part that
         may refuse its state late (the monitor's) comes first in ``parts``."""
         self._stream = stream
-        self._state = Composite(self._kind, STATE_VERSION, {**parts, "stream": stream}, settings)
+        # (the stream's settings come first in the configuration, so that a state of another
+        # budget is refused for its budget, not for what follows from it)
+        config = {**stream.config(), **(settings or {})}
+        self._state = Composite(self._kind, STATE_VERSION, {**parts, "stream": stream}, config)
 
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(budget · num_samples / batch_size)`` (floor with
