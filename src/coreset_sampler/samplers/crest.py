@@ -310,12 +310,12 @@ class _BatchHistory:
 
     def __init__(self, size: int) -> None:
         self.size = check_positive_int("history_size", size)
-        self._weights: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
+        self._weights: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
 
     def remember(self, batch: list[int]) -> None:
-        key = tuple(int(i) for i in batch)
-        # (a tensor only when weights_for asks)
-        self._weights[key] = [getattr(i, "weight", 1.0) for i in batch]
+        # the batch itself (its indices carry their weights): a tensor only when asked
+        key = tuple(map(int, batch))
+        self._weights[key] = batch
         self._weights.move_to_end(key)
         while len(self._weights) > self.size:
             self._weights.popitem(last=False)
@@ -326,10 +326,11 @@ class _BatchHistory:
         else:
             key = tuple(int(i) for i in indices)
         try:
-            return torch.tensor(self._weights[key], dtype=torch.float32)
+            batch = self._weights[key]
         except KeyError:
             raise KeyError(
                 f"weights_for: no batch with these {len(key)} indices among the last "
                 f"{self.size} yielded (first indices {list(key[:5])}); pass the batch's "
                 "indices in the order they were yielded, or raise history_size"
             ) from None
+        return torch.tensor([getattr(i, "weight", 1.0) for i in batch], dtype=torch.float32)
