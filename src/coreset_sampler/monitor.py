@@ -136,8 +136,8 @@ class QuadraticLossMonitor(Stateful):
     Mirzasoleiman, ICML 2023, §4.2; the paper's τ = 0.05, h = 1). Every evaluation runs in
     eval mode (the model is switched and every submodule's flag restored after), so ρ = 0 at
     δ = 0. Memory: one copy of the tracked parameters and two EMA buffers; track a subset
-    (e.g. ``model.fc.parameters()`` with ``module=model``) for large networks. The maths, the
-    costs and the choices are in ``docs/monitor.md``.
+    (``model.fc.parameters()`` with ``module=model``) for large networks. Details:
+    ``docs/monitor.md``.
 
     Args:
         params: the model (all its parameters that require grad are tracked) or an iterable of
@@ -312,11 +312,8 @@ class QuadraticLossMonitor(Stateful):
         if self._exp_avg is None or self._exp_hessian_sq is None:
             self._exp_avg = [torch.zeros_like(p) for p in self._params]
             self._exp_hessian_sq = [torch.zeros_like(p) for p in self._params]
-        b1, b2 = self.beta1, self.beta2
-        torch._foreach_mul_(self._exp_avg, b1)
-        torch._foreach_add_(self._exp_avg, grad_sum, alpha=1.0 - b1)
-        torch._foreach_mul_(self._exp_hessian_sq, b2)
-        torch._foreach_addcmul_(self._exp_hessian_sq, diag_sum, diag_sum, value=1.0 - b2)
+        _ema(self._exp_avg, grad_sum, self.beta1)
+        _ema(self._exp_hessian_sq, diag_sum, self.beta2, squared=True)
         self._num_anchors += 1
         self._num_checks = 0
         self._snapshot = snapshot
@@ -359,14 +356,7 @@ class QuadraticLossMonitor(Stateful):
         with eval_mode(self._module):
             loss = _mean_loss(self._loss_fn, self._check_indices, "check")
         grad_hat, hess_hat = self._model_terms()
-        lin = quad = delta_sq = 0.0
-        with torch.no_grad():
-            for p, s, g, h in zip(self._params, self._snapshot, grad_hat, hess_hat, strict=True):
-                d = (p.detach() - s).double()
-                lin += float(torch.dot(g.double().flatten(), d.flatten()))
-                dd = d * d
-                quad += float(torch.dot(h.double().flatten(), dd.flatten()))
-                delta_sq += float(dd.sum())
+        lin, quad, delta_sq = _model_sums(self._params, self._snapshot, grad_hat, hess_hat)
         predicted = self._loss0 + lin + 0.5 * quad
         err = abs(loss - predicted)
         rho = err / abs(loss) if loss != 0.0 else (0.0 if err == 0.0 else math.inf)
@@ -546,6 +536,30 @@ def _check_sample(indices: Sequence[int]) -> list[int]:
     if not check:
         raise ValueError("check_indices is empty: the check sample needs at least one index")
     return check
+
+
+def _ema(average: list[Tensor], value: list[Tensor], beta: float, squared: bool = False) -> None:
+    """``average ← β·average + (1 − β)·value`` (of ``value²`` when ``squared``), in place."""
+    torch._foreach_mul_(average, beta)
+    if squared:
+        torch._foreach_addcmul_(average, value, value, value=1.0 - beta)
+    else:
+        torch._foreach_add_(average, value, alpha=1.0 - beta)
+
+
+def _model_sums(
+    params: list[Tensor], snapshot: list[Tensor], grad: list[Tensor], hess: list[Tensor]
+) -> tuple[float, float, float]:
+    """gᵀδ, δᵀ diag(H) δ and ‖δ‖² for δ = params − snapshot, in float64."""
+    lin = quad = delta_sq = 0.0
+    with torch.no_grad():
+        for p, s, g, h in zip(params, snapshot, grad, hess, strict=True):
+            d = (p.detach() - s).double()
+            lin += float(torch.dot(g.double().flatten(), d.flatten()))
+            dd = d * d
+            quad += float(torch.dot(h.double().flatten(), dd.flatten()))
+            delta_sq += float(dd.sum())
+    return lin, quad, delta_sq
 
 
 def _norm(ts: Sequence[Tensor]) -> float:

@@ -12,9 +12,10 @@ job (``docs/architecture.md``): the budgeted batch stream and the coreset cycle
 from __future__ import annotations
 
 from ._dropper import DropLearned
+from ._policy import SelectionMonitor
 from ._telemetry import CheckRecord, SamplerTelemetry, SelectionRecord
 from .craig import CraigBatchSampler
-from .crest import CrestBatchSampler, SelectionMonitor
+from .crest import CrestBatchSampler
 from .k_center import KCenterBatchSampler
 from .random import RandomBatchSampler
 

@@ -8,18 +8,49 @@ A policy answers :meth:`due` before each batch (``"initial"``, ``"interval"``, `
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from coreset_sampler._checks import check_positive_int
 from coreset_sampler._state import INT, OPAQUE, OPTIONAL_INT, Stateful
 
 from ._telemetry import CheckRecord, Telemetry
 
-__all__ = ["EveryNSteps", "MonitorChecks"]
+__all__ = ["EveryNSteps", "MonitorChecks", "SelectionMonitor"]
+
+
+class _CheckResult(Protocol):
+    @property
+    def rho(self) -> float: ...
+
+    @property
+    def reselect(self) -> bool: ...
+
+
+class SelectionMonitor(Protocol):
+    """What the sampler needs from a monitor, e.g. a
+    :class:`~coreset_sampler.monitor.QuadraticLossMonitor`.
+
+    ``anchor`` right after each selection, ``check()`` every ``interval`` (T1) steps; a check
+    whose ``reselect`` is true triggers a new selection. ``state_dict``/``load_state_dict`` are
+    used when present.
+    """
+
+    @property
+    def interval(self) -> int: ...
+
+    def anchor(
+        self,
+        coresets: Sequence[Sequence[int]],
+        weights: Sequence[Tensor],
+        check_indices: Sequence[int],
+    ) -> object: ...
+
+    def check(self) -> _CheckResult: ...
 
 
 class EveryNSteps(Stateful):
@@ -67,7 +98,7 @@ class MonitorChecks(Stateful):
 
     def __init__(
         self,
-        monitor: Any,
+        monitor: SelectionMonitor,
         *,
         num_pools: int,
         pool_multiplier: int,

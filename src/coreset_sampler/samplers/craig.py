@@ -47,8 +47,8 @@ from coreset_sampler._state import (
     indices_below,
 )
 from coreset_sampler.kernels import greedy_facility_location
-from coreset_sampler.kernels.facility_location import NAIVE_MAX_N, Method
-from coreset_sampler.kernels.facility_location._problem import METHODS
+from coreset_sampler.kernels.facility_location import NAIVE_MAX_N, Method, SimilarityName
+from coreset_sampler.kernels.facility_location._problem import METHODS, SIMILARITIES
 from coreset_sampler.proxies import ProxyCallback, call_proxies
 from coreset_sampler.weights import WeightedIndex
 
@@ -56,7 +56,6 @@ from ._base import BudgetedSampler
 from ._selection import labels_digest, largest_remainder, mean_one
 from ._stream import BudgetedStream
 from ._telemetry import SamplerTelemetry, SelectionRecord, Telemetry
-from .crest import SIMILARITIES, Similarity
 
 __all__ = ["CraigBatchSampler"]
 
@@ -212,7 +211,7 @@ class CraigBatchSampler(BudgetedSampler):
         labels: Sequence[int] | Tensor | npt.NDArray[Any] | None = None,
         reselect_every: int = 1,
         callback_batch_size: int = 1024,
-        similarity: Similarity = "neg_distance",
+        similarity: SimilarityName = "neg_distance",
         method: Method = "auto",
         epsilon: float = 0.1,
         chunk_size: int | None = None,

@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence, Sized
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,45 +31,23 @@ from torch import Tensor
 
 from coreset_sampler._checks import check_choice, check_nonnegative_int, check_positive_int
 from coreset_sampler._checks import index_array as _index_array
+from coreset_sampler.kernels.facility_location import SimilarityName
+from coreset_sampler.kernels.facility_location._problem import SIMILARITIES
 from coreset_sampler.proxies import ProxyCallback
 from coreset_sampler.weights import WeightedIndex
 
 from ._base import PoolSampler
 from ._dropper import DropLearned, LearnedExampleDropper
-from ._policy import EveryNSteps, MonitorChecks
+from ._policy import EveryNSteps, MonitorChecks, SelectionMonitor
 from ._selection import PoolSelection, Selected, facility_location_coresets
 from ._stream import BudgetedStream, CoresetCycle, agree, agreement_group
 from ._telemetry import Telemetry
 
-__all__ = ["CrestBatchSampler", "SelectionMonitor"]
+__all__ = ["CrestBatchSampler"]
 
 logger = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
-Similarity = Literal["neg_distance", "exp", "cosine", "dot"]
-SIMILARITIES = ("neg_distance", "exp", "cosine", "dot")
-
-
-class SelectionMonitor:
-    """What the sampler needs from a monitor, e.g. a
-    :class:`~coreset_sampler.monitor.QuadraticLossMonitor` (a protocol: any object with these
-    works).
-
-    ``anchor`` right after each selection, ``check()`` every ``interval`` (T1) steps; a check
-    whose ``reselect`` is true triggers a new selection. ``state_dict``/``load_state_dict`` are
-    used when present.
-    """
-
-    interval: int
-
-    def anchor(
-        self,
-        coresets: Sequence[Sequence[int]],
-        weights: Sequence[Tensor],
-        check_indices: Sequence[int],
-    ) -> object: ...
-
-    def check(self) -> Any: ...
 
 
 class CrestBatchSampler(PoolSampler):
@@ -159,7 +137,7 @@ class CrestBatchSampler(PoolSampler):
         check_size: int | None = None,
         reselect_every: int | None = None,
         warmup_steps: int = 0,
-        similarity: Similarity = "neg_distance",
+        similarity: SimilarityName = "neg_distance",
         drop_learned: bool | DropLearned = True,
         drop_last: bool = False,
         seed: int | None = None,
