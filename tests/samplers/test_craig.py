@@ -326,7 +326,7 @@ def test_state_errors() -> None:
     with pytest.raises(ValueError, match="not the state of a CraigBatchSampler"):
         s.load_state_dict({"seed": 0})
     other = CraigBatchSampler(100, 5, callback=Proxies(100), budget=0.3).state_dict()
-    with pytest.raises(ValueError, match="budget=0.3 but this sampler has budget=0.2"):
+    with pytest.raises(ValueError, match=r"budget=0\.3 but this sampler has budget=0\.2"):
         s.load_state_dict(other)
     other = CraigBatchSampler(100, 4, callback=Proxies(100), budget=0.2).state_dict()
     with pytest.raises(ValueError, match="batch_size=4"):
