@@ -17,6 +17,8 @@ from coreset_sampler.gradients import (
     per_sample_grads,
 )
 
+from ._nets import Net
+
 DT = torch.float64
 
 
@@ -136,17 +138,6 @@ def test_logit_grad_generic_equals_closed_forms() -> None:
     torch.testing.assert_close(got, 2 * (out - tgt) * scale[:, None])
 
 
-class _Net(nn.Module):
-    def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh())
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.drop(self.body(x)))
-
-
 def _ce(o: Tensor, t: Tensor) -> Tensor:
     return F.cross_entropy(o, t, reduction="none")
 
@@ -154,7 +145,7 @@ def _ce(o: Tensor, t: Tensor) -> Tensor:
 @pytest.mark.parametrize("chunk_size", [None, 1, 3])
 def test_per_sample_grads_equals_loop_of_autograd(chunk_size: int | None) -> None:
     torch.manual_seed(0)
-    model = _Net().to(DT).eval()
+    model = Net().to(DT).eval()
     x = torch.randn(5, 4, dtype=DT)
     y = torch.randint(0, 3, (5,))
     got = per_sample_grads(model, _ce, x, y, chunk_size=chunk_size)

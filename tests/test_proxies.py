@@ -17,18 +17,9 @@ from torch.utils.data import Dataset, TensorDataset
 from coreset_sampler.gradients import cross_entropy_logit_grad, last_layer_grad
 from coreset_sampler.proxies import GradientProxyCallback, ProxiesAndLosses, call_proxies
 
+from ._nets import Net
+
 DT = torch.float64
-
-
-class _Net(nn.Module):
-    def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh())
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.drop(self.body(x)))
 
 
 def _ce(o: Tensor, t: Tensor) -> Tensor:
@@ -55,7 +46,7 @@ def _data(n: int = 20) -> tuple[Tensor, Tensor]:
 
 def test_builder_logits_and_last_layer_match_closed_forms() -> None:
     torch.manual_seed(0)
-    model = _Net(dropout=0.5).to(DT)
+    model = Net(dropout=0.5).to(DT)
     x, y = _data()
     idx = [3, 0, 17, 5, 5, 9, 11]
     weight = torch.tensor([1.0, 0.5, 2.0], dtype=DT)
@@ -100,7 +91,7 @@ class _BatchedDataset(TensorDataset):
 
 def test_builder_reads_a_batch_at_once_through_getitems() -> None:
     torch.manual_seed(0)
-    model = _Net().to(DT).eval()
+    model = Net().to(DT).eval()
     x, y = _data()
     ds = _BatchedDataset(x, y)
     cb = GradientProxyCallback(model, ds, batch_size=4)
@@ -113,7 +104,7 @@ def test_builder_reads_a_batch_at_once_through_getitems() -> None:
 
 def test_builder_restores_train_mode_per_submodule_and_rng_state() -> None:
     torch.manual_seed(0)
-    model = _Net(dropout=0.5).to(DT)
+    model = Net(dropout=0.5).to(DT)
     model.train()
     model.body[1].eval()  # a mixed state must survive
     flags = [m.training for m in model.modules()]
@@ -131,7 +122,7 @@ def test_builder_restores_train_mode_per_submodule_and_rng_state() -> None:
 
 def test_builder_runs_in_eval_mode_under_no_grad() -> None:
     torch.manual_seed(0)
-    model = _Net(dropout=0.9).to(DT).train()
+    model = Net(dropout=0.9).to(DT).train()
     x, y = _data()
     cb = GradientProxyCallback(model, TensorDataset(x, y))
     a, b = cb(range(20)), cb(range(20))
@@ -142,7 +133,7 @@ def test_builder_runs_in_eval_mode_under_no_grad() -> None:
 
 def test_builder_per_sample_loss_has_graph_and_matches() -> None:
     torch.manual_seed(0)
-    model = _Net().to(DT).eval()
+    model = Net().to(DT).eval()
     x, y = _data()
     cb = GradientProxyCallback(model, TensorDataset(x, y), batch_size=2)
     losses = cb.per_sample_loss([4, 1, 8])
@@ -182,7 +173,7 @@ def test_builder_unwraps_distributed_data_parallel(tmp_path: Any) -> None:
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         torch.manual_seed(0)
-        model = _Net().to(DT)
+        model = Net().to(DT)
         ddp = nn.parallel.DistributedDataParallel(model)
         x, y = _data()
         cb = GradientProxyCallback(ddp, TensorDataset(x, y), proxy="last_layer")
@@ -198,7 +189,7 @@ def test_builder_unwraps_distributed_data_parallel(tmp_path: Any) -> None:
 
 
 def test_builder_argument_errors() -> None:
-    model = _Net()
+    model = Net()
     ds = TensorDataset(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(TypeError, match=r"model should be an nn.Module, but got str"):
         GradientProxyCallback("net", ds)  # type: ignore[arg-type]
@@ -230,7 +221,7 @@ def test_builder_argument_errors() -> None:
 
 def test_builder_call_errors_name_the_call() -> None:
     torch.manual_seed(0)
-    model = _Net().eval()
+    model = Net().eval()
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
 
     def short(indices: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -253,7 +244,7 @@ def test_builder_call_errors_name_the_call() -> None:
         cb([0, 1])
     with pytest.raises(ValueError, match=r"the loss returned shape \(\) for 2 indices; expected"):
         cb.per_sample_loss([0, 1])
-    nan_model = _Net().eval()
+    nan_model = Net().eval()
     with torch.no_grad():
         nan_model.fc.bias[0] = math.nan
     with pytest.raises(ValueError, match=r"gradient proxies contain NaN or inf in 3 of 3 rows"):

@@ -25,17 +25,7 @@ from coreset_sampler.samplers._stream import steps_per_epoch as _steps_per_epoch
 from coreset_sampler.samplers.craig import _batch_positions, _coreset_size
 from coreset_sampler.weights import WeightedIndex, WithWeights
 
-
-class Proxies:
-    """Callback over a fixed random [N, d] tensor; records every call."""
-
-    def __init__(self, n: int, d: int = 4, seed: int = 0) -> None:
-        self.table = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-        self.calls: list[list[int]] = []
-
-    def __call__(self, indices: list[int]) -> Tensor:
-        self.calls.append(list(indices))
-        return self.table[indices]
+from ._helpers import Proxies
 
 
 def batches_of(sampler: CraigBatchSampler) -> list[list[int]]:

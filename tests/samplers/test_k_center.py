@@ -19,17 +19,7 @@ from coreset_sampler.samplers._selection import largest_remainder as _largest_re
 from coreset_sampler.samplers._stream import steps_per_epoch as _steps_per_epoch
 from coreset_sampler.weights import WeightedIndex, WithWeights
 
-
-class Proxies:
-    """Callback over a fixed random [N, d] tensor; records every call."""
-
-    def __init__(self, n: int, d: int = 3, seed: int = 0) -> None:
-        self.table = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-        self.calls: list[list[int]] = []
-
-    def __call__(self, indices: list[int]) -> Tensor:
-        self.calls.append(list(indices))
-        return self.table[indices]
+from ._helpers import Proxies
 
 
 def batches_of(sampler: KCenterBatchSampler) -> list[list[int]]:
@@ -47,7 +37,7 @@ def pools_of(seed: int, epoch: int, n: int, r: int, p: int) -> list[np.ndarray]:
     [(500, 10, 0.1, False), (500, 8, 0.1, False), (500, 8, 0.1, True), (97, 5, 1.0, False)],
 )
 def test_len_is_the_budget_arithmetic(n: int, m: int, budget: float, drop_last: bool) -> None:
-    s = KCenterBatchSampler(n, m, callback=Proxies(n), budget=budget, drop_last=drop_last)
+    s = KCenterBatchSampler(n, m, callback=Proxies(n, 3), budget=budget, drop_last=drop_last)
     expected = _steps_per_epoch(budget, n, m, drop_last)
     assert len(s) == expected
     for _ in range(2):
@@ -59,7 +49,7 @@ def test_len_is_the_budget_arithmetic(n: int, m: int, budget: float, drop_last: 
 
 def test_batches_are_k_center_greedy_picks_of_their_pools() -> None:
     n, m, r, p = 400, 6, 40, 4
-    proxies = Proxies(n)
+    proxies = Proxies(n, 3)
     s = KCenterBatchSampler(
         n, m, callback=proxies, budget=0.06, pool_size=r, num_pools=p, reselect_every=8, seed=3
     )
@@ -82,7 +72,7 @@ def test_cycles_in_fresh_order_and_reselects_every_reselect_every_steps(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     n = 300
-    proxies = Proxies(n)
+    proxies = Proxies(n, 3)
     s = KCenterBatchSampler(
         n, 5, callback=proxies, budget=0.5, pool_size=20, num_pools=3, reselect_every=6, seed=0
     )
@@ -105,7 +95,7 @@ def test_cycles_in_fresh_order_and_reselects_every_reselect_every_steps(
 def test_labels_stratify_the_pools() -> None:
     n = 300
     labels = torch.tensor([0] * 200 + [1] * 70 + [2] * 30)
-    proxies = Proxies(n)
+    proxies = Proxies(n, 3)
     s = KCenterBatchSampler(
         n, 4, callback=proxies, budget=0.1, labels=labels, pool_size=23, num_pools=1
     )
@@ -119,9 +109,9 @@ def test_dataloader_workers_get_unit_weights_with_their_batch() -> None:
     n, m = 200, 5
     ds = TensorDataset(torch.arange(n))
     expected = batches_of(
-        KCenterBatchSampler(ds, m, callback=Proxies(n), budget=0.2, reselect_every=3, seed=1)
+        KCenterBatchSampler(ds, m, callback=Proxies(n, 3), budget=0.2, reselect_every=3, seed=1)
     )
-    s = KCenterBatchSampler(ds, m, callback=Proxies(n), budget=0.2, reselect_every=3, seed=1)
+    s = KCenterBatchSampler(ds, m, callback=Proxies(n, 3), budget=0.2, reselect_every=3, seed=1)
     loader = DataLoader(WithWeights(ds), batch_sampler=s, num_workers=2)
     got = [(x.tolist(), w.tolist()) for x, w in loader]
     assert [x for x, _ in got] == expected
@@ -130,7 +120,7 @@ def test_dataloader_workers_get_unit_weights_with_their_batch() -> None:
 
 def test_same_seed_same_stream_and_generator() -> None:
     def run(**kw: object) -> list[list[int]]:
-        s = KCenterBatchSampler(300, 5, callback=Proxies(300), budget=0.2, **kw)  # type: ignore[arg-type]
+        s = KCenterBatchSampler(300, 5, callback=Proxies(300, 3), budget=0.2, **kw)  # type: ignore[arg-type]
         return batches_of(s) + batches_of(s)
 
     four = run(seed=4)
@@ -150,15 +140,15 @@ def test_state_round_trip_mid_epoch_gives_the_identical_tail_without_the_callbac
             n, 5, callback=p, budget=0.2, pool_size=15, num_pools=2, reselect_every=4, seed=9
         )
 
-    ref_calls = Proxies(n)
+    ref_calls = Proxies(n, 3)
     ref = make(ref_calls)
     reference = [batches_of(ref) for _ in range(2)]  # 12 steps per epoch, selections every 4
-    a = make(Proxies(n))
+    a = make(Proxies(n, 3))
     batches_of(a)
     it = iter(a)
     head = [[int(i) for i in next(it)] for _ in range(cut)]
     state = json.loads(json.dumps(a.state_dict()))
-    second = Proxies(n)
+    second = Proxies(n, 3)
     b = make(second)
     b.load_state_dict(state)
     b.set_epoch(1)  # a no-op mid-epoch
@@ -169,7 +159,7 @@ def test_state_round_trip_mid_epoch_gives_the_identical_tail_without_the_callbac
 
 
 def test_state_errors() -> None:
-    s = KCenterBatchSampler(100, 5, callback=Proxies(100))
+    s = KCenterBatchSampler(100, 5, callback=Proxies(100, 3))
     with pytest.raises(TypeError, match="state should be a mapping"):
         s.load_state_dict(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"missing keys \['cycle'"):
@@ -179,11 +169,11 @@ def test_state_errors() -> None:
     with pytest.raises(ValueError, match=r"state\['cycle'\] is missing keys \['coresets'"):
         s.load_state_dict(cycle)
     with pytest.raises(ValueError, match="num_samples=101"):
-        s.load_state_dict(KCenterBatchSampler(101, 5, callback=Proxies(101)).state_dict())
+        s.load_state_dict(KCenterBatchSampler(101, 5, callback=Proxies(101, 3)).state_dict())
 
 
 def test_errors() -> None:
-    p = Proxies(100)
+    p = Proxies(100, 3)
     with pytest.raises(TypeError, match="callback should be callable"):
         KCenterBatchSampler(100, 5, callback=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size=10 is larger than pool_size=5"):
