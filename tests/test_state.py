@@ -183,3 +183,154 @@ def test_a_monitor_that_refuses_its_state_leaves_the_sampler_as_it_was() -> None
         other.load_state_dict(state)
     assert other.state_dict() == before
     assert torch.equal(torch.tensor(other.seed), torch.tensor(1))
+
+
+def test_weights_are_refused_when_negative_or_infinite_and_taken_when_zero() -> None:
+    s = CrestBatchSampler(300, 10, callback=Proxies(300), seed=0, budget=0.5)
+    stream(s, 2)
+    for value, ok in [(-0.5, False), (float("inf"), False), (0.0, True)]:
+        state = s.state_dict()
+        state["cycle"]["weights"][0][0] = value
+        fresh = CrestBatchSampler(300, 10, callback=Proxies(300), seed=0, budget=0.5)
+        if ok:
+            fresh.load_state_dict(state)
+            assert fresh.coreset_weights[0][0] == 0.0
+        else:
+            with pytest.raises(ValueError, match="holds weights that are negative, NaN or inf"):
+                fresh.load_state_dict(state)
+
+
+def test_the_state_format_of_each_sampler() -> None:
+    """The keys of version 2 (a renamed key would still round-trip: this pins the format)."""
+    top = {"kind", "version", "config", "stream"}
+    stream_fields = {"seed", "epoch", "step_in_epoch", "step"}
+    crest = CrestBatchSampler(300, 10, callback=Proxies(300), labels=np.arange(300) % 2)
+    mon = CrestBatchSampler(300, 10, callback=Proxies(300), monitor=FakeMonitor([0.0]))
+    craig = CraigBatchSampler(300, 10, callback=Proxies(300))
+    kc = KCenterBatchSampler(300, 10, callback=Proxies(300))
+    rand = RandomBatchSampler(300, 10)
+    base_config = {"num_samples", "batch_size", "budget", "drop_last", "num_replicas", "rank"}
+    pools = {"pool_size", "labels"}
+    expected = {
+        crest: (top | {"policy", "cycle", "dropper", "telemetry"},
+                base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
+                                       "reselect_every", "num_pools"},
+                {"steps_since_selection"}),
+        mon: (top | {"policy", "cycle", "dropper", "telemetry"},
+              base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
+                                     "num_pools", "pool_multiplier", "check_size"},
+              {"num_pools", "interval", "steps_since_check", "monitor_state"}),
+        craig: (top | {"coreset", "telemetry"},
+                base_config | {"coreset_size", "reselect_every", "similarity", "method",
+                               "epsilon", "labels"},
+                None),
+        kc: (top | {"policy", "cycle", "telemetry"},
+             base_config | pools | {"reselect_every", "num_pools"}, {"steps_since_selection"}),
+        rand: (top, base_config, None),
+    }  # fmt: skip
+    for sampler, (keys, config, policy) in expected.items():
+        state = sampler.state_dict()
+        assert set(state) == keys, type(sampler).__name__
+        assert set(state["config"]) == config, type(sampler).__name__
+        assert set(state["stream"]) - {"rngs"} == stream_fields
+        if policy is not None:
+            assert set(state["policy"]) == policy
+    assert set(crest.state_dict()["cycle"]) == {"coresets", "weights", "order", "position"}
+    assert set(crest.state_dict()["dropper"]) == {"dropped", "low_since"}
+    assert set(craig.state_dict()["coreset"]) == {"coreset", "weights", "selected_epoch"}
+    assert set(crest.state_dict()["stream"]["rngs"]) == {"pools", "checks", "shuffle", "warmup"}
+
+
+@pytest.mark.parametrize(
+    ("build", "change", "setting"),
+    [
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"reselect_every": 7}, "reselect_every"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"num_pools": 3}, "num_pools"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"warmup_steps": 2}, "warmup_steps"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"similarity": "exp"}, "similarity"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300),
+                                        monitor=FakeMonitor([0.0]), **kw),
+         {"pool_multiplier": 2}, "pool_multiplier"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300),
+                                        monitor=FakeMonitor([0.0]), **kw),
+         {"check_size": 20}, "check_size"),
+        (lambda **kw: CrestBatchSampler(300, 10, callback=Proxies(300),
+                                        monitor=FakeMonitor([0.0]), **kw),
+         {"num_pools": 3}, "num_pools"),
+        (lambda **kw: KCenterBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"reselect_every": 7}, "reselect_every"),
+        (lambda **kw: CraigBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"reselect_every": 2}, "reselect_every"),
+        (lambda **kw: CraigBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"similarity": "exp"}, "similarity"),
+        (lambda **kw: CraigBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"method": "stochastic"}, "method"),
+        (lambda **kw: CraigBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"epsilon": 0.2}, "epsilon"),
+        (lambda **kw: CraigBatchSampler(300, 10, callback=Proxies(300), **kw),
+         {"labels": np.arange(300) % 3}, "labels"),
+    ],
+)  # fmt: skip
+def test_a_state_of_another_setting_is_refused(
+    build: Any, change: dict[str, Any], setting: str
+) -> None:
+    state = build().state_dict()
+    with pytest.raises(ValueError, match=rf"state was saved with {setting}="):
+        build(**change).load_state_dict(state)
+    build().load_state_dict(state)  # the same settings: fine
+
+
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+def test_a_state_saved_before_the_first_batch_resumes_like_a_fresh_start(name: str) -> None:
+    build = _samplers()[name]
+    reference = build()
+    expected = stream(reference) + stream(reference)
+    saved = json.loads(json.dumps(build().state_dict()))
+    resumed = build()
+    resumed.load_state_dict(saved)
+    assert stream(resumed) + stream(resumed) == expected
+
+
+def test_a_monitor_without_state_methods_is_used_as_it_is() -> None:
+    class Bare:
+        interval = 2
+
+        def anchor(self, *args: Any) -> None:
+            pass
+
+        def check(self) -> Any:
+            return type("Report", (), {"rho": 0.0, "reselect": False})()
+
+    def build() -> CrestBatchSampler:
+        return CrestBatchSampler(300, 10, callback=Proxies(300), monitor=Bare(), seed=0, budget=0.5)
+
+    reference = stream(build())
+    s = build()
+    stream(s, 6)
+    state = s.state_dict()
+    assert state["policy"]["monitor_state"] is None and s.telemetry.num_checks == 2
+    again = build()
+    again.load_state_dict(state)
+    assert stream(again) == reference[6:]
+
+
+def test_craig_state_values_are_checked() -> None:
+    s = CraigBatchSampler(300, 10, callback=Proxies(300), seed=0)
+    stream(s, 1)
+    state = s.state_dict()
+    bad = copy.deepcopy(state)
+    bad["coreset"]["coreset"][0] = -1
+    with pytest.raises(ValueError, match=r"\['coreset'\]\['coreset'\] holds example indices"):
+        CraigBatchSampler(300, 10, callback=Proxies(300), seed=0).load_state_dict(bad)
+    bad = copy.deepcopy(state)
+    bad["coreset"]["weights"][0] = -1.0
+    with pytest.raises(ValueError, match=r"\['coreset'\]\['weights'\] holds weights"):
+        CraigBatchSampler(300, 10, callback=Proxies(300), seed=0).load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"state has unknown keys \['extra'\]"):
+        CraigBatchSampler(300, 10, callback=Proxies(300), seed=0).load_state_dict(
+            {**state, "extra": 1}
+        )

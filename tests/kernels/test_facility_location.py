@@ -639,3 +639,28 @@ def test_lazy_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     out = greedy_facility_location(x, 3)
     ref = greedy_facility_location(x, 3, method="naive")
     assert torch.equal(out.indices, ref.indices)
+
+
+def test_budgets_as_tensors_and_against_a_mask() -> None:
+    x = rng_features(30, 2, 10, 3)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False  # 6 valid points in problem 1
+    with pytest.raises(ValueError, match=r"k=7 exceeds the 6 valid points of problem 1"):
+        greedy_facility_location(x, 7, mask=mask)
+    for k in (torch.tensor(3), torch.tensor([3, 3], dtype=torch.int32)):  # 0-d, int32
+        out = greedy_facility_location(x, k, mask=mask, method="naive")
+        assert out.indices.shape == (2, 3) and out.indices.dtype == torch.int64
+        assert torch.equal(out.indices, greedy_facility_location(x, 3, mask=mask).indices)
+    problem = fl.describe(x, torch.tensor([2, 3], dtype=torch.int32), mask, "dot", 0.1, None)
+    assert isinstance(problem.k, torch.Tensor) and problem.k.dtype == torch.int64
+    assert (problem.kmin, problem.kmax) == (2, 3)
+    for bad in (torch.tensor([True, False]), torch.tensor([1 + 0j, 2 + 0j])):
+        with pytest.raises(TypeError, match="k should be an integer tensor"):
+            greedy_facility_location(x, bad)
+
+
+def test_a_precomputed_similarity_must_be_square_in_every_problem() -> None:
+    with pytest.raises(ValueError, match=r"similarity should have shape \[..., n, n\]"):
+        greedy_facility_location(None, 1, similarity=torch.rand(3, 4, 5))
+    out = greedy_facility_location(None, 2, similarity=torch.rand(3, 5, 5), method="naive")
+    assert out.indices.shape == (3, 2)

@@ -400,3 +400,46 @@ def test_lazy_method_selects_what_naive_selects() -> None:
         return [[(int(i), i.weight) for i in batch] for batch in s]
 
     assert run("lazy") == run("naive")
+
+
+def test_edges_of_the_arguments_and_the_generator() -> None:
+    p = Proxies(100)
+    for bad in (0.0, 1.0):
+        with pytest.raises(
+            ValueError, match=rf"epsilon should be in \(0, 1\), but got epsilon={bad}"
+        ):
+            CraigBatchSampler(100, 5, callback=p, epsilon=bad)
+    whole = CraigBatchSampler(100, 20, callback=p, budget=0.2)  # a coreset of one batch
+    assert whole.coreset_size == 20 and len(batches_of(whole)) == 1
+    a = CraigBatchSampler(100, 5, callback=p, generator=torch.Generator().manual_seed(3))
+    b = CraigBatchSampler(100, 5, callback=p, generator=torch.Generator().manual_seed(3))
+    c = CraigBatchSampler(100, 5, callback=p, generator=torch.Generator().manual_seed(4))
+    assert a.seed == b.seed != c.seed and batches_of(a) == batches_of(b)
+    assert len(CraigBatchSampler(12800, callback=Proxies(12800), method="stochastic")) == 10
+
+
+def test_a_class_with_one_pick_and_the_stochastic_method_reach_the_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import coreset_sampler.samplers.craig as craig_module
+
+    calls: list[dict[str, object]] = []
+    kernel = craig_module.greedy_facility_location
+
+    def spy(features: Tensor, k: int, **kw: object) -> object:
+        calls.append({"k": k, **kw})
+        return kernel(features, k, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(craig_module, "greedy_facility_location", spy)
+    labels = np.zeros(200, dtype=np.int64)
+    labels[:10] = 1  # K = 20: the small class gets exactly one pick
+    s = CraigBatchSampler(200, 5, callback=Proxies(200), labels=labels, budget=0.1,
+                          method="stochastic", epsilon=0.3, seed=0)  # fmt: skip
+    batches_of(s)
+    assert sorted(c["k"] for c in calls) == [1, 19]  # type: ignore[type-var]
+    assert all(c["method"] == "stochastic" and c["epsilon"] == 0.3 for c in calls)
+    assert len(s.coreset) == 20 == len(set(s.coreset))
+    assert sum(1 for i in s.coreset if labels[i] == 1) == 1
+    t = s.telemetry
+    assert t.anchor_seconds == 0.0 and t.selections[0].anchor_seconds == 0.0
+    assert 0.0 < t.selections[0].kernel_seconds <= t.selections[0].seconds

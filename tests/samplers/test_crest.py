@@ -419,8 +419,9 @@ def test_load_state_errors() -> None:
 
 
 def test_weights_for_looks_up_exact_batches() -> None:
-    s = make(400, 8, history_size=3, reselect_every=1, budget=0.2)
+    s = make(400, 8, history_size=3, reselect_every=1, budget=0.2, pool_size=40)
     batches = stream(s)
+    assert all(len(set(w)) > 1 for _, w in batches)  # (weights that tell batches apart)
     for b, w in batches[-3:]:
         assert s.weights_for(b).tolist() == pytest.approx(w)
         assert s.weights_for(torch.tensor(b)).tolist() == pytest.approx(w)
@@ -661,3 +662,53 @@ def test_with_the_real_monitor_and_callback() -> None:
     resumed.load_state_dict(state)
     assert resumed.coresets == state["cycle"]["coresets"]
     assert head + train(second, resumed) == reference
+
+
+# --------------------------------------------------------------------------- edges
+
+
+def test_report_losses_takes_tensors_of_any_shape_with_one_loss_per_index() -> None:
+    s = make(100, 5, pool_size=20, drop_learned=DropLearned(window=1, max_fraction=0.5))
+    s.report_losses(torch.tensor([1, 2, 3]), torch.zeros(3, 1))
+    s.report_losses(torch.tensor([[1], [2], [3]]), torch.tensor([0.0, 0.0, 0.5]).double())
+    assert s.dropped_indices == []  # the first observation of a run drops nothing
+    stream(s, 1)  # a step later
+    s.report_losses(torch.tensor([1, 2, 3]), torch.zeros(1, 3))
+    assert s.dropped_indices == [1, 2]
+
+
+def test_a_class_too_small_for_a_pick_in_a_pool_is_skipped() -> None:
+    n = 400
+    labels = np.zeros(n, dtype=np.int64)
+    labels[:3] = 1  # a rare class: 1 member in a pool of 50 earns no pick of 8
+    s = make(n, 8, labels=labels, pool_size=50, num_pools=4)
+    batches = stream(s, 4)
+    assert all(len(b) == 8 == len(set(b)) for b, _ in batches)
+
+
+def test_boundaries_are_accepted() -> None:
+    n = 100
+    # the batch may be the whole smallest active set, the check sample too
+    s = CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
+                          monitor=FakeMonitor([0.0]), check_size=80)  # fmt: skip
+    assert len(next(iter(s))) == 80 and s.check_size == 80
+    with pytest.raises(ValueError, match="check_size=81 exceeds the smallest active set"):
+        CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
+                          monitor=FakeMonitor([0.0]), check_size=81)  # fmt: skip
+    # the default pool: 1% of N, at least a batch
+    assert make(5000, 8).pool_size == 50 and make(400, 8).pool_size == 8
+    assert len(CrestBatchSampler(12800, callback=Proxies(12800))) == 10  # batch_size 128
+
+
+def test_selection_records_add_up_and_have_no_anchor_without_a_monitor() -> None:
+    import time
+
+    start = time.perf_counter()
+    s = make(400, 8, reselect_every=2, budget=0.2)
+    stream(s)
+    wall = time.perf_counter() - start
+    t = s.telemetry
+    assert t.num_selections == 5 and t.anchor_seconds == 0.0
+    for r in t.selections:
+        assert r.anchor_seconds == 0.0 and r.interval is None
+        assert 0.0 < r.callback_seconds + r.kernel_seconds <= r.seconds <= wall

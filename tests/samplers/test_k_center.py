@@ -198,3 +198,11 @@ def test_errors() -> None:
 
     with pytest.raises(ValueError, match=r"callback\(indices\) at selection 0 \(step 0\) returned"):
         next(iter(KCenterBatchSampler(100, 5, callback=wrong)))
+
+
+def test_defaults() -> None:
+    s = KCenterBatchSampler(12800, callback=Proxies(12800, 3))
+    assert len(s) == 10 and s.pool_size == 128  # batch_size 128, budget 0.1, r = 1% of N
+    batches = batches_of(s)
+    assert s.telemetry.num_selections == 1  # reselect_every 20 > 10 steps
+    assert len(batches[0]) == 128

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from coreset_sampler.samplers import RandomBatchSampler
 
 from ._helpers import stream
@@ -27,3 +29,18 @@ def test_random_batch_sampler() -> None:
     assert stream(c) == ref[13 + 5 :]
     assert c.weights_for([1, 2, 3]).tolist() == [1.0, 1.0, 1.0]
     assert c.telemetry.num_steps == 13 + 13 and c.telemetry.num_selections == 0
+
+
+def test_each_example_once_per_permutation_and_the_generator() -> None:
+    s = RandomBatchSampler(100, 10, budget=1.0, seed=2)
+    epoch = stream(s)
+    assert sorted(i for b, _ in epoch for i in b) == list(range(100))  # 10 batches: one permutation
+    wrap = RandomBatchSampler(100, 30, budget=1.0, seed=2)  # 4 batches: 90 of one permutation,
+    batches = stream(wrap)  # then a batch of a fresh one
+    assert len({i for b, _ in batches[:3] for i in b}) == 90
+    assert all(len(set(b)) == 30 for b, _ in batches)
+    a = RandomBatchSampler(100, 10, generator=torch.Generator().manual_seed(1))
+    b = RandomBatchSampler(100, 10, generator=torch.Generator().manual_seed(1))
+    c = RandomBatchSampler(100, 10, generator=torch.Generator().manual_seed(2))
+    assert a.seed == b.seed != c.seed and stream(a) == stream(b)
+    assert len(RandomBatchSampler(12800)) == 10  # batch_size 128, budget 0.1

@@ -14,7 +14,9 @@ from coreset_sampler.samplers._stream import BudgetedStream, CoresetCycle, steps
     [
         (1000, 32, 0.1, False, 4),  # 3.125 → 4
         (1000, 32, 0.1, True, 3),
-        (10, 1, 0.3, False, 3),  # 0.3·10 = 3.0000000000000004 must not become 4
+        (10, 1, 0.3, False, 3),
+        (100, 1, 0.07, False, 7),  # 0.07·100 = 7.000000000000001 must not become 8
+        (100000, 1, 0.07, False, 7000),  # and its relative error at a large count
         (10, 1, 0.7, True, 7),  # 0.7·10 = 6.999999999999999 must not become 6
         (1000, 100, 0.1, False, 1),
         (50000, 128, 0.1, False, 40),
@@ -78,3 +80,42 @@ def test_coreset_cycle_yields_each_coreset_once_per_pass_in_fresh_orders() -> No
         assert sorted(orders[-1]) == [(1, 2), (3, 4), (5, 6)]
     assert len(set(orders)) > 1
     assert cycle.next(rng)[1] in ([1.0, 1.0], [0.5, 1.5], [2.0, 0.0])
+
+
+def test_set_epoch_takes_a_non_negative_int_only() -> None:
+    s = BudgetedStream(100, 10, budget=0.5, drop_last=False, seed=0, generator=None)
+    for bad in (1.5, True, -1, "1"):
+        with pytest.raises(ValueError, match="epoch should be a non-negative integer"):
+            s.set_epoch(bad)  # type: ignore[arg-type]
+    assert s.epoch == 0
+
+
+def test_a_state_saved_after_the_last_batch_goes_on_with_the_next_epoch() -> None:
+    a = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None,
+                       streams=("x",))  # fmt: skip
+    a.set_epoch(3)
+    a.begin_pass()
+    for _ in range(a.num_steps):  # the whole pass, its end not observed
+        a.advance()
+    b = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None,
+                       streams=("x",))  # fmt: skip
+    b.load_state_dict(a.state_dict())
+    assert not b.begin_pass()  # a new pass ...
+    assert (b.epoch, b.step_in_epoch) == (4, 0)  # ... of the next epoch
+
+
+def test_a_state_with_other_random_streams_is_refused() -> None:
+    a = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None,
+                       streams=("x", "y"))  # fmt: skip
+    b = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None,
+                       streams=("x", "z"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"should hold the random streams \['x', 'z'\]"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_batch_size_may_equal_the_dataset() -> None:
+    assert (
+        BudgetedStream(10, 10, budget=1.0, drop_last=False, seed=0, generator=None).num_steps == 1
+    )
+    with pytest.raises(ValueError, match="batch_size=11 is larger than the dataset"):
+        BudgetedStream(10, 11, budget=1.0, drop_last=False, seed=0, generator=None)

@@ -46,7 +46,7 @@ def steps_per_epoch(
     """Batches per epoch (per replica): ceil(budget·N / (m·replicas)), floor with drop_last.
 
     A product within 1e-9 (relative) of an integer is that integer, so that float rounding of
-    ``budget·N`` (0.3·10 = 3.0000000000000004) does not add a step.
+    ``budget·N`` (0.07·100 = 7.000000000000001) does not add a step.
     """
     exact = budget * num_samples / (batch_size * num_replicas)
     nearest = round(exact)
