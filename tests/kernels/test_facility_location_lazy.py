@@ -75,7 +75,7 @@ def test_lazy_kernel_uncompiled_equals_reference(similarity: str, matrix_max: in
     code = _lazy._KINDS[similarity]
     args = (indices, gains, weights, cover)
     later = np.zeros(3, dtype=bool)
-    assert kg._solve_all(feats, mask, k, code, 2.0**-52, matrix_max, later, *args) == -1
+    assert kg.solve_all(feats, mask, k, code, 2.0**-52, matrix_max, later, *args) == -1
     check_lazy_kernel_output(similarity, x, mask, k, args)
 
 
@@ -87,9 +87,9 @@ def test_lazy_greedy_tightened_bounds_stay_above_the_gains(
     must stay at or above its exact gain (summed with math.fsum), and the picks and gains must
     be those of the greedy without tightening, with fewer gain evaluations (plain Python)."""
     code = _lazy._KINDS[similarity]
-    tighten = getattr(kg._tighten, "py_func", kg._tighten)
-    gain_at = getattr(kg._gain_at, "py_func", kg._gain_at)
-    greedy = getattr(kg._greedy, "py_func", kg._greedy)
+    tighten = getattr(kg.lower_bounds, "py_func", kg.lower_bounds)
+    gain_at = getattr(kg.gain_at, "py_func", kg.gain_at)
+    greedy = getattr(kg.lazy_greedy, "py_func", kg.lazy_greedy)
     checked = [0]
     evaluations = [0]
 
@@ -105,8 +105,8 @@ def test_lazy_greedy_tightened_bounds_stay_above_the_gains(
         evaluations[0] += 1
         return gain_at(sim, j, cur)
 
-    monkeypatch.setattr(kg, "_tighten", checking_tighten)
-    monkeypatch.setattr(kg, "_gain_at", counting_gain_at)
+    monkeypatch.setattr(kg, "lower_bounds", checking_tighten)
+    monkeypatch.setattr(kg, "gain_at", counting_gain_at)
     clustered = rng_features(3, 6, 1, 10) + 0.2 * rng_features(4, 6, 10, 10)
     problems = [*rng_features(2, 3, 50, 10).double(), *clustered.reshape(3, 20, 10).double()]
     counts, results = {}, {}
@@ -114,7 +114,7 @@ def test_lazy_greedy_tightened_bounds_stay_above_the_gains(
         evaluations[0] = 0
         results[tightened] = []
         for x in problems:
-            sim, first = ks._similarity(np.ascontiguousarray(x.numpy().T), code, 2.0**-52)
+            sim, first = ks.similarity_matrix(np.ascontiguousarray(x.numpy().T), code, 2.0**-52)
             m = len(x)
             indices, gains, weights, cover = np.zeros(13, np.int64), *np.zeros((2, 13)), np.zeros(m)
             rows = np.arange(m)
@@ -183,7 +183,7 @@ def test_lazy_kernel_on_ties_and_duplicates(similarity: str, matrix_max: int) ->
 def test_incremental_kernel_over_several_column_blocks_equals_reference(similarity: str) -> None:
     """The incremental greedy on more points than one column block (_BLOCK), an odd number of
     features (the distance loops take them two at a time), padding, and many picks."""
-    assert _lazy._BLOCK < 700
+    assert _lazy.BLOCK < 700
     x = rng_features(13, 1, 700, 5)
     feats = x.numpy().copy()
     if similarity == "cosine":
@@ -382,10 +382,10 @@ def test_kernel_exp_is_within_one_ulp_of_the_exact_value(
     library's accuracy; values computed one at a time (the loop's scalar rest) are the same,
     and nothing past ``upto`` is touched."""
     if not compiled:  # plain Python, also for the reduction it calls
-        for name in ("_exp_neg", "_exp_reduce"):
+        for name in ("exp_neg", "exp_reduce"):
             function = getattr(ks, name)
             monkeypatch.setattr(ks, name, getattr(function, "py_func", function))
-    exp_neg = ks._exp_neg
+    exp_neg = ks.exp_neg
     rng = np.random.default_rng(5)
     size = 4_000 if compiled else 1_000
     for low, high, dim in [(0, 1e-6, 10), (0, 30, 10), (0, 800, 1), (7000, 7700, 10)]:

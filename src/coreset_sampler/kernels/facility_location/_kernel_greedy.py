@@ -1,9 +1,10 @@
 """The compiled kernel's greedy strategies, exact, and its loops over the problems.
 
 Up to ``matrix_max`` points a problem's similarity matrix is stored and the greedy is lazy
-(:func:`_greedy`); above, nothing quadratic is stored and the greedy is incremental
-(:func:`_incremental`, rows recomputed from the features). Both pick what the naive greedy picks
-(see ``docs/facility_location.md``). Compiled by numba (:mod:`._jit`); plain Python without it.
+(:func:`lazy_greedy`); above, nothing quadratic is stored and the greedy is incremental
+(:func:`incremental_greedy`, rows recomputed from the features). Both pick what the naive
+greedy picks (see ``docs/facility_location.md``). Compiled by numba (:mod:`._jit`); plain
+Python without it. (A private module: its names are the kernel's, not the package's API.)
 """
 
 from __future__ import annotations
@@ -16,28 +17,28 @@ import numpy.typing as npt
 
 from ._jit import jit
 from ._kernel_similarity import (
-    _BLOCK,
-    _EPS64,
-    _NORM_MAX,
-    _STORED,
-    _exp_triangle,
-    _first_gains,
-    _gain,
-    _gain_at,
-    _gains_from_sums,
-    _largest,
-    _mirror,
-    _raw_block,
-    _sim_row,
-    _similarity,
-    _valid_rows,
+    BLOCK,
+    EPS64,
+    NORM_MAX,
+    STORED,
+    exp_triangle,
+    first_gains,
+    gain_at,
+    gains_from_sums,
+    max_of,
+    mirror,
+    raw_block,
+    row_gain,
+    sim_row,
+    similarity_matrix,
+    valid_rows,
 )
 
 Array = npt.NDArray[Any]
 
 
 @jit()
-def _solve_all(
+def solve_all(
     feats: Array,
     mask: Array,
     k: Array,
@@ -53,14 +54,14 @@ def _solve_all(
     """Solve every problem but those flagged ``later`` (whose values are checked all the same);
     return −1, or (then the outputs are incomplete) ``b·n + i`` for the first valid row ``i``
     of problem ``b`` with a non-finite value, or ``−2 − b`` for a problem ``b`` whose points
-    are too large for float64 similarities (a squared norm above ``_NORM_MAX``)."""
+    are too large for float64 similarities (a squared norm above ``NORM_MAX``)."""
     batch, n, d = feats.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
-        m = _valid_rows(mask[b], rows)
+        m = valid_rows(mask[b], rows)
         xt = np.empty((d, m), dtype=np.float64)  # by column: the inner loops run over points
         # whether a point's squared norm is NaN (a NaN value), infinite (an infinite value, or
-        # an overflow) or above _NORM_MAX: one comparison per point, no chain of adds through
+        # an overflow) or above NORM_MAX: one comparison per point, no chain of adds through
         # all the values
         large = False
         for a in range(m):
@@ -69,7 +70,7 @@ def _solve_all(
                 value = np.float64(feats[b, rows[a], t])  # (a float32 square may overflow)
                 xt[t, a] = value
                 square += value * value
-            large |= not square <= _NORM_MAX
+            large |= not square <= NORM_MAX
         if large:
             for a in range(m):
                 for t in range(d):
@@ -79,14 +80,14 @@ def _solve_all(
         if later[b]:
             continue
         if m <= matrix_max:
-            sim, first = _similarity(xt, kind, eps)
-            _greedy(
+            sim, first = similarity_matrix(xt, kind, eps)
+            lazy_greedy(
                 sim, first, int(k[b]), eps, kind != 2, rows[:m],
                 indices[b], gains[b], weights[b], cover[b],
             )  # fmt: skip
         else:
-            first, top, err = _first_gains(xt, kind)
-            _incremental(
+            first, top, err = first_gains(xt, kind)
+            incremental_greedy(
                 xt, kind, top, first, err, int(k[b]), eps, rows[:m],
                 indices[b], gains[b], weights[b], cover[b],
             )  # fmt: skip
@@ -94,7 +95,7 @@ def _solve_all(
 
 
 @jit()
-def _solve_matrix_all(
+def solve_matrix_all(
     raw: Array,
     mask: Array,
     k: Array,
@@ -111,7 +112,7 @@ def _solve_matrix_all(
     batch, n, _ = raw.shape
     rows = np.empty(n, dtype=np.int64)
     for b in range(batch):
-        m = _valid_rows(mask[b], rows)
+        m = valid_rows(mask[b], rows)
         if m == n:
             sim = raw[b]
         else:  # the valid rows and columns, packed
@@ -119,33 +120,33 @@ def _solve_matrix_all(
             for a in range(m):
                 for c in range(m):
                     sim[a, c] = raw[b, rows[a], rows[c]]
-        # the similarity as _similarity makes it, from the lower triangle: the upper one is
+        # the similarity as similarity_matrix makes it, from the lower triangle: the upper one is
         # overwritten by its mirror image (a matrix product need not be exactly symmetric)
         top = 0.0  # the largest distance
         if kind == 0:
             for a in range(m):
-                top = _largest(sim[a], a + 1, top)
+                top = max_of(sim[a], a + 1, top)
         if kind == 1:
-            _exp_triangle(sim, dim)
+            exp_triangle(sim, dim)
         first = np.zeros(m, dtype=np.float64)
         budget = int(k[b])
         if m <= matrix_max:
-            _mirror(sim, kind, top, eps, first)  # bounds of the first gains
-            _greedy(
+            mirror(sim, kind, top, eps, first)  # bounds of the first gains
+            lazy_greedy(
                 sim, first, budget, eps, kind != 2, rows[:m],
                 indices[b], gains[b], weights[b], cover[b],
             )  # fmt: skip
         else:
-            _mirror(sim, kind, top, 0.0, first)  # (eps 0: the sums themselves)
-            g, err = _gains_from_sums(first, 0.0, 2)
-            _incremental(
-                sim, _STORED, 0.0, g, err, budget, eps, rows[:m],
+            mirror(sim, kind, top, 0.0, first)  # (eps 0: the sums themselves)
+            g, err = gains_from_sums(first, 0.0, 2)
+            incremental_greedy(
+                sim, STORED, 0.0, g, err, budget, eps, rows[:m],
                 indices[b], gains[b], weights[b], cover[b],
             )  # fmt: skip
 
 
 @jit()
-def _greedy(
+def lazy_greedy(
     sim: Array,
     first: Array,
     budget: int,
@@ -159,7 +160,7 @@ def _greedy(
 ) -> None:
     """The lazy greedy on a stored similarity matrix ``sim`` (``first``: bounds of the first
     gains; ``tighten``: whether each row's largest similarity is its diagonal, see
-    :func:`_tighten`); writes the problem's outputs."""
+    :func:`lower_bounds`); writes the problem's outputs."""
     m = sim.shape[0]
     cur = np.zeros(m, dtype=np.float64)  # the floor: negative similarities count as 0
     near = np.full(m, -np.inf)  # each point's largest similarity to a pick (no floor) ...
@@ -168,19 +169,19 @@ def _greedy(
     cand = np.empty(m, dtype=np.int64)  # the step's candidates, in index order
     picks = np.empty(budget, dtype=np.int64)
     tol = 0.0
-    largest = _largest(first, m, 0.0)  # no gain exceeds the largest first bound
-    # each gain's rounding is below m·eps64·largest / 2: what _tighten adds back per step
-    slack = 4.0 * m * _EPS64 * largest
+    largest = max_of(first, m, 0.0)  # no gain exceeds the largest first bound
+    # each gain's rounding is below m·eps64·largest / 2: what lower_bounds adds back per step
+    slack = 4.0 * m * EPS64 * largest
     for step in range(budget):
         # nothing is exact yet: evaluate the (first) largest bound
-        top = _largest(bound, m, -np.inf)
+        top = max_of(bound, m, -np.inf)
         lead = 0
         while bound[lead] < top:
             lead += 1
-        best = _gain_at(sim, lead, cur)
+        best = gain_at(sim, lead, cur)
         bound[lead] = best
         if step == 0:
-            tol = _tie_tolerance(best, m, eps)
+            tol = tie_tolerance(best, m, eps)
         # then, in index order, every bound that can still reach the best so far − tol (a gain
         # is at most its bound, and best only grows, so a candidate skipped now cannot reach
         # the final best − tol either); at the first step with a margin, as tol follows best.
@@ -195,11 +196,11 @@ def _greedy(
             j = cand[c]
             if j == lead or bound[j] < best - margin:
                 continue
-            value = _gain_at(sim, j, cur)
+            value = gain_at(sim, j, cur)
             bound[j] = value
             best = max(best, value)
         if step == 0:
-            tol = _tie_tolerance(best, m, eps)
+            tol = tie_tolerance(best, m, eps)
         # the lowest index within tol of the best, which is an evaluated candidate: a bound
         # left stale (outside cand, or skipped) was below b − margin, b the best when it was
         # passed. After step 0, margin = tol: it is below best − tol. At step 0 (tol = c·best,
@@ -215,13 +216,13 @@ def _greedy(
         gains[step] = bound[pick]
         bound[pick] = -np.inf
         if tighten:
-            _tighten(sim, pick, cur, bound, slack)
-        _take(sim[pick], pick, cur, near, owner)
-    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+            lower_bounds(sim, pick, cur, bound, slack)
+        take(sim[pick], pick, cur, near, owner)
+    finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
 
 
 @jit()
-def _tighten(sim: Array, pick: int, cur: Array, bound: Array, slack: float) -> None:
+def lower_bounds(sim: Array, pick: int, cur: Array, bound: Array, slack: float) -> None:
     """Lower every bound by what the pick certainly removes from the candidate's gain, where
     each row's largest similarity is its diagonal (``s(j, j) ≥ s(i, j)``: kinds 0 and 1).
     Two terms of ``g_j = Σ_i max(s(i, j) − cur_i, 0)`` are known to shrink: the pick's own
@@ -230,7 +231,7 @@ def _tighten(sim: Array, pick: int, cur: Array, bound: Array, slack: float) -> N
     evaluated, ``cur`` only growing) and the candidate's (``i = j``: ``s(j, j) − cur_j`` falls
     by the rise of ``cur_j``). Other terms only shrink. ``slack`` (added back each step) covers
     the rounding of the evaluated gains and of these subtractions, so a bound stays at or above
-    the gain :func:`_gain_at` would return. ``cur`` is still the one before the pick."""
+    the gain :func:`gain_at` would return. ``cur`` is still the one before the pick."""
     base = cur[pick]
     for j in range(cur.shape[0]):
         s = sim[pick, j]
@@ -238,14 +239,14 @@ def _tighten(sim: Array, pick: int, cur: Array, bound: Array, slack: float) -> N
 
 
 @jit()
-def _tie_tolerance(best: float, m: int, eps: float) -> float:
+def tie_tolerance(best: float, m: int, eps: float) -> float:
     """Gains this close to the step's best count as tied (the lowest index wins): the rounding
     of two summation orders of ``m`` terms, from the first step's best gain."""
     return 16.0 * eps * abs(best) / math.sqrt(m)
 
 
 @jit()
-def _take(row: Array, pick: int, cur: Array, near: Array, owner: Array) -> None:
+def take(row: Array, pick: int, cur: Array, near: Array, owner: Array) -> None:
     """Pick ``pick`` (similarities ``row`` = s(pick, ·)): raise ``cur`` and move the points it is
     now the most similar pick of (ties to the lowest index) into its cluster."""
     for i in range(cur.shape[0]):
@@ -257,7 +258,7 @@ def _take(row: Array, pick: int, cur: Array, near: Array, owner: Array) -> None:
 
 
 @jit()
-def _finish_problem(
+def finish_problem(
     picks: Array,
     budget: int,
     rows: Array,
@@ -286,7 +287,7 @@ def _finish_problem(
 
 
 @jit()
-def _incremental(
+def incremental_greedy(
     xt: Array,
     kind: int,
     top: float,
@@ -304,29 +305,29 @@ def _incremental(
     their rounding error); writes the problem's outputs. (:func:`_incremental_threads` is the
     same loop with the corrections split over threads.)"""
     m = xt.shape[1]
-    state = _buffers(g, err, budget)
+    state = buffers(g, err, budget)
     cur, near, owner, taken, row, cand, exact, moved, lo, hi, picks, scalars = state
-    acc = np.empty((4, _BLOCK), dtype=np.float64)
+    acc = np.empty((4, BLOCK), dtype=np.float64)
     for step in range(budget):
-        count = _step(
+        count = greedy_step(
             xt, kind, top, eps, step, g, gains, cur, near, owner, taken, row, cand, exact,
             moved, lo, hi, picks, scalars,
         )  # fmt: skip
         if step + 1 < budget:
-            _correct(xt, kind, top, moved, lo, hi, count, g, acc, 0, m)
-    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+            correct(xt, kind, top, moved, lo, hi, count, g, acc, 0, m)
+    finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
 
 
 @jit()
-def _buffers(
+def buffers(
     g: Array, err: float, budget: int
 ) -> tuple[Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array, Array]:
-    """The incremental greedy's state for ``m = len(g)`` points (see :func:`_step`)."""
+    """The incremental greedy's state for ``m = len(g)`` points (see :func:`greedy_step`)."""
     m = g.shape[0]
     # no gain ever exceeds the largest first gain (F is submodular)
-    largest = _largest(g, m, 0.0)
+    largest = max_of(g, m, 0.0)
     scalars = np.empty(3, dtype=np.float64)
-    scalars[0] = err + 4.0 * m * _EPS64 * largest  # and the exact evaluations' own rounding
+    scalars[0] = err + 4.0 * m * EPS64 * largest  # and the exact evaluations' own rounding
     scalars[1] = 0.0  # tol, set at the first step
     scalars[2] = largest
     return (
@@ -346,7 +347,7 @@ def _buffers(
 
 
 @jit()
-def _step(
+def greedy_step(
     xt: Array,
     kind: int,
     top: float,
@@ -372,7 +373,7 @@ def _step(
     corrections to ``g`` are left to the caller.
 
     The kept gains ``g`` round differently from an exact evaluation, so the step evaluates
-    exactly (:func:`_gain` of a recomputed row, as the lazy greedy does) every candidate whose
+    exactly (:func:`row_gain` of a recomputed row, as the lazy greedy does) every candidate whose
     kept gain is within ``tol + 2·err`` of the largest one, ``err`` a running bound of the kept
     gains' error: a candidate left out is more than ``tol`` below the best exact gain, so the
     pick (the lowest index within ``tol`` of the best) is the naive greedy's. An evaluated gain
@@ -381,14 +382,14 @@ def _step(
     """
     d, m = xt.shape
     err, tol, largest = scalars[0], scalars[1], scalars[2]
-    xj = np.empty(0 if kind == _STORED else d, dtype=np.float64)
+    xj = np.empty(0 if kind == STORED else d, dtype=np.float64)
     scratch = np.empty((2, m if kind == 1 else 0), dtype=np.float64)
     lead = -1
     for j in range(m):
         if not taken[j] and (lead < 0 or g[j] > g[lead]):
             lead = j
     # at the first step tol is not known yet: twice its value from the kept gain
-    margin = 2.0 * _tie_tolerance(g[lead], m, eps) if step == 0 else tol
+    margin = 2.0 * tie_tolerance(g[lead], m, eps) if step == 0 else tol
     floor = g[lead] - margin - 2.0 * err
     count = 0
     best = -np.inf
@@ -397,20 +398,20 @@ def _step(
         # (``lead`` always: a NaN floor must not leave the step without a candidate)
         if not taken[j] and (g[j] >= floor or j == lead):
             if not exact[j]:  # (else evaluated since the last correction: still exact)
-                g[j] = _gain(_sim_row(xt, kind, top, j, xj, row, scratch), cur)
+                g[j] = row_gain(sim_row(xt, kind, top, j, xj, row, scratch), cur)
                 exact[j] = True
                 in_row = j
             cand[count] = j
             best = max(best, g[j])
             count += 1
     if step == 0:
-        tol = _tie_tolerance(best, m, eps)
+        tol = tie_tolerance(best, m, eps)
     q = 0
     while g[cand[q]] < best - tol and q + 1 < count:
         q += 1
     pick = cand[q]
     if pick != in_row:
-        _sim_row(xt, kind, top, pick, xj, row, scratch)
+        sim_row(xt, kind, top, pick, xj, row, scratch)
     picks[step] = pick
     gains[step] = g[pick]
     taken[pick] = True
@@ -421,18 +422,18 @@ def _step(
             lo[count] = cur[i]
             hi[count] = row[i]
             # each correction rounds twice: below eps·(|g| + |Δ|) each, Δ ≤ hi − lo
-            err += 4.0 * _EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
+            err += 4.0 * EPS64 * (2.0 * largest + abs(row[i]) + abs(cur[i]))
             count += 1
     if count > 0:  # the caller corrects every gain: none is exact any more
         exact[:] = False
-    _take(row, pick, cur, near, owner)
+    take(row, pick, cur, near, owner)
     scalars[0] = err
     scalars[1] = tol
     return count
 
 
 @jit()
-def _correct(
+def correct(
     xt: Array,
     kind: int,
     top: float,
@@ -446,7 +447,7 @@ def _correct(
     stop: int,
 ) -> None:
     """``g_j −= clamp(s(i, j), lo_i, hi_i) − lo_i`` for the ``count`` points ``i`` of ``moved``
-    and the columns ``start ≤ j < stop``, four rows at a time, in blocks of ``_BLOCK`` columns
+    and the columns ``start ≤ j < stop``, four rows at a time, in blocks of ``BLOCK`` columns
     (each ``g_j`` gets its corrections in the same order however the columns are split)."""
     d = xt.shape[0]
     ids = np.empty(4, dtype=np.int64)
@@ -456,17 +457,17 @@ def _correct(
         for r in range(4):
             q = q0 + min(r, rows_here - 1)  # a short group repeats its last row
             ids[r] = moved[q]
-            reach[r] = _reach(kind, top, lo[q], d)
-        for c0 in range(start, stop, _BLOCK):
-            width = min(_BLOCK, stop - c0)
-            _raw_block(xt, ids, c0, width, kind, acc)
+            reach[r] = reach_of(kind, top, lo[q], d)
+        for c0 in range(start, stop, BLOCK):
+            width = min(BLOCK, stop - c0)
+            raw_block(xt, ids, c0, width, kind, acc)
             for r in range(rows_here):
                 q = q0 + r
-                _clamp_into(acc[r], width, kind, top, d, lo[q], hi[q], reach[r], g[c0:])
+                clamp_into(acc[r], width, kind, top, d, lo[q], hi[q], reach[r], g[c0:])
 
 
 @jit()
-def _reach(kind: int, top: float, lo: float, dim: int) -> float:
+def reach_of(kind: int, top: float, lo: float, dim: int) -> float:
     """A raw value (squared distance) at or above which ``s ≤ lo`` (kinds 0, 1), with a
     margin for rounding; +inf where no such bound is used."""
     if kind == 0:
@@ -479,7 +480,7 @@ def _reach(kind: int, top: float, lo: float, dim: int) -> float:
 
 
 @jit()
-def _clamp_into(
+def clamp_into(
     raw: Array,
     width: int,
     kind: int,
@@ -491,9 +492,9 @@ def _clamp_into(
     g: Array,
 ) -> None:
     """``g[c] −= clamp(s, lo, hi) − lo`` for the similarities ``s`` of the raw values
-    ``raw[:width]`` (as :func:`_sim_row` computes them, but for ``exp``: the C library's, one
+    ``raw[:width]`` (as :func:`sim_row` computes them, but for ``exp``: the C library's, one
     value at a time, where it is faster than the kernel's own; a few ulps from
-    :func:`_exp_neg`'s at most, far inside the kept gains' error bound); values at or beyond
+    :func:`exp_neg`'s at most, far inside the kept gains' error bound); values at or beyond
     ``reach`` give ``s ≤ lo`` and are skipped."""
     for c in range(width):
         v = raw[c]

@@ -3,7 +3,7 @@
 A problem's points are the columns of ``xt`` ``[d, m]`` (float64: the inner loops run over
 points). Similarity codes (``kind``): 0 ``neg_distance`` (``top − d``, ``top`` the largest
 distance), 1 ``exp`` (``exp(−d / dim)``), 2 ``dot`` and ``cosine`` (features normalised first),
-``_STORED`` rows read from a stored symmetric matrix in place of the features. Every function
+``STORED`` rows read from a stored symmetric matrix in place of the features. Every function
 here is plain Python over NumPy arrays: without numba it runs as it is (slowly), which the tests
 use to check the source.
 """
@@ -22,40 +22,40 @@ Array = npt.NDArray[Any]
 
 # internal kind: similarity rows read from a stored symmetric matrix (solve_matrix, above
 # matrix_max), in place of the features
-_STORED = 3
+STORED = 3
 
 # columns per block when rows are recomputed (four rows of this many float64 stay in L1)
-_BLOCK = 512
+BLOCK = 512
 
 # the kernel computes in float64 whatever the input's dtype: its rounding bounds use this
-_EPS64 = 2.0**-52
+EPS64 = 2.0**-52
 
 # ... and a point's squared norm must stay below this, so that no squared distance (at most 4×),
 # dot product or sum of m of them overflows
-_NORM_MAX = 1e300
+NORM_MAX = 1e300
 
-# exp(x), x ≤ 0, as the kernel computes it (:func:`_exp_reduce`): x = k·ln 2 + r, |r| ≤ ln 2 / 2
-# (Cody–Waite: k·_LN2_HI is exact for |k| < 2^21), exp(r) from its Taylor polynomial
-_LN2_HI = 6.93147180369123816490e-01
+# exp(x), x ≤ 0, as the kernel computes it (:func:`exp_reduce`): x = k·ln 2 + r, |r| ≤ ln 2 / 2
+# (Cody–Waite: k·LN2_HI is exact for |k| < 2^21), exp(r) from its Taylor polynomial
+LN2_HI = 6.93147180369123816490e-01
 
-_LN2_LO = 1.90821492927058770002e-10
+LN2_LO = 1.90821492927058770002e-10
 
-_INV_LN2 = 1.44269504088896338700e00
+INV_LN2 = 1.44269504088896338700e00
 
 # x/ln 2 + 1.5·2^52 holds round(x/ln 2) in its low bits (and as a float, minus the shift)
-_SHIFT = 6755399441055744.0
+SHIFT = 6755399441055744.0
 
-_SHIFT_BITS = int(np.float64(_SHIFT).view(np.int64))
+SHIFT_BITS = int(np.float64(SHIFT).view(np.int64))
 
-# how many values :func:`_exp_triangle` packs together (32 KB; a whole row if it is longer)
-_PACK = 4096
+# how many values :func:`exp_triangle` packs together (32 KB; a whole row if it is longer)
+PACK = 4096
 
 # exp of anything below this is 0 in float64 (and 2^k of its k is a product of two normals)
-_EXP_LOW = -746.0
+EXP_LOW = -746.0
 
 
 @jit()
-def _valid_rows(valid: Array, rows: Array) -> int:
+def valid_rows(valid: Array, rows: Array) -> int:
     """Write the indices of the ``True`` entries of ``valid`` into ``rows``; return their
     count."""
     m = 0
@@ -67,7 +67,7 @@ def _valid_rows(valid: Array, rows: Array) -> int:
 
 
 @jit(REDUCTION)
-def _largest(values: Array, upto: int, top: float) -> float:
+def max_of(values: Array, upto: int, top: float) -> float:
     """The largest of ``values[:upto]`` and ``top`` (four running maxima: one would be a chain
     of dependent comparisons)."""
     t0, t1, t2, t3 = top, top, top, top
@@ -83,10 +83,10 @@ def _largest(values: Array, upto: int, top: float) -> float:
 
 
 @jit()
-def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
+def raw_row(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
     """``acc[c]`` for ``c < upto``: the squared distance (or, kind 2, the dot product) of point
     ``c`` and the point ``xj``, summed over the features two at a time (``acc += (a + b)``, the
-    order every ``_raw*`` function follows)."""
+    order every ``raw_row*`` function follows)."""
     d = xt.shape[0]
     for c in range(upto):
         acc[c] = 0.0
@@ -112,12 +112,12 @@ def _raw(xt: Array, xj: Array, upto: int, kind: int, acc: Array) -> None:
 
 
 @jit()
-def _raw_block(xt: Array, ids: Array, c0: int, width: int, kind: int, acc: Array) -> None:
-    """``acc[r, c]`` for ``c < width``: :func:`_raw` of the point ``ids[r]`` and the point
+def raw_block(xt: Array, ids: Array, c0: int, width: int, kind: int, acc: Array) -> None:
+    """``acc[r, c]`` for ``c < width``: :func:`raw_row` of the point ``ids[r]`` and the point
     ``c0 + c``, for the four rows ``r``, sharing each load of ``xt`` (the same operations in the
-    same order as :func:`_raw`)."""
+    same order as :func:`raw_row`)."""
     d = xt.shape[0]
-    if kind == _STORED:  # xt is the similarity matrix: its rows, as they are
+    if kind == STORED:  # xt is the similarity matrix: its rows, as they are
         for r in range(4):
             i = ids[r]
             for c in range(width):
@@ -172,18 +172,18 @@ def _raw_block(xt: Array, ids: Array, c0: int, width: int, kind: int, acc: Array
 
 
 @jit(REDUCTION)
-def _sqrt_max(acc: Array, upto: int, top: float) -> float:
+def sqrt_max(acc: Array, upto: int, top: float) -> float:
     """Square roots of ``acc[:upto]`` in place; returns the largest of them and ``top``."""
     for c in range(upto):
         acc[c] = math.sqrt(acc[c])
-    return _largest(acc, upto, top)
+    return max_of(acc, upto, top)
 
 
 @jit(REDUCTION)
-def _sqrt_rows(sim: Array, start: int, stop: int, width: int, top: float) -> float:
-    """:func:`_sqrt_max` of ``sim[a, :width]`` for the rows ``start ≤ a < stop`` (indexing the
+def sqrt_rows(sim: Array, start: int, stop: int, width: int, top: float) -> float:
+    """:func:`sqrt_max` of ``sim[a, :width]`` for the rows ``start ≤ a < stop`` (indexing the
     matrix: a view per row costs more than the row's square roots at this size; four running
-    maxima, as in :func:`_largest`)."""
+    maxima, as in :func:`max_of`)."""
     t0, t1, t2, t3 = top, top, top, top
     full = width - width % 4
     for a in range(start, stop):
@@ -200,9 +200,9 @@ def _sqrt_rows(sim: Array, start: int, stop: int, width: int, top: float) -> flo
 
 
 @jit(REDUCTION)
-def _finish(values: Array, upto: int, kind: int, top: float) -> float:
+def finish_row(values: Array, upto: int, kind: int, top: float) -> float:
     """Distances (kind 0) to similarities ``top − d`` in place (kind 1: the caller has applied
-    :func:`_exp_neg`); returns ``Σ max(s, 0)`` of the similarities (compiled with
+    :func:`exp_neg`); returns ``Σ max(s, 0)`` of the similarities (compiled with
     reassociation: the sum vectorises)."""
     total = 0.0
     for c in range(upto):
@@ -213,7 +213,7 @@ def _finish(values: Array, upto: int, kind: int, top: float) -> float:
 
 
 @jit(REDUCTION)
-def _mirror(sim: Array, kind: int, top: float, eps: float, first: Array) -> None:
+def mirror(sim: Array, kind: int, top: float, eps: float, first: Array) -> None:
     """From the lower triangle (with the diagonal): distances (kind 0) to similarities
     ``top − d``, the upper triangle mirrored, and ``first`` (zeros) set to upper bounds of the
     row sums ``Σ_c max(s, 0)`` (each pair's term added to both of its rows; a margin for their
@@ -237,15 +237,15 @@ def _mirror(sim: Array, kind: int, top: float, eps: float, first: Array) -> None
 
 
 @jit(CONTRACT)
-def _exp_reduce(x: float) -> tuple[float, float]:
+def exp_reduce(x: float) -> tuple[float, float]:
     """``exp(x) = p·2^k`` for ``x ≤ 0``: returns ``p`` (from the Taylor polynomial of ``exp(r)``
     to degree 13, ``|r| ≤ ln 2 / 2``: truncation below 5e-18) and ``t``, whose bits as an int64
-    are ``k + _SHIFT_BITS`` (as a float, ``k = t − _SHIFT``). ``x`` below ``_EXP_LOW`` counts as
-    ``_EXP_LOW``."""
-    x = max(x, _EXP_LOW)
-    t = x * _INV_LN2 + _SHIFT
-    k = t - _SHIFT
-    r = (x - k * _LN2_HI) - k * _LN2_LO
+    are ``k + SHIFT_BITS`` (as a float, ``k = t − SHIFT``). ``x`` below ``EXP_LOW`` counts as
+    ``EXP_LOW``."""
+    x = max(x, EXP_LOW)
+    t = x * INV_LN2 + SHIFT
+    k = t - SHIFT
+    r = (x - k * LN2_HI) - k * LN2_LO
     q = 1.0 / 6227020800.0  # 1/13!, then Horner down to 1/2!
     q = q * r + 1.0 / 479001600.0
     q = q * r + 1.0 / 39916800.0
@@ -262,7 +262,7 @@ def _exp_reduce(x: float) -> tuple[float, float]:
 
 
 @jit()
-def _exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
+def exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
     """``values[c] = exp(−values[c] / dim)`` for ``c < upto`` (``values ≥ 0``), less than 1 ulp
     from the exact value, and the same in the vectorised loop and its scalar rest. Unlike a
     loop of ``math.exp`` calls it vectorises: ``2^k`` is made from integer bits in ``scratch``
@@ -271,13 +271,13 @@ def _exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
     need be)."""
     high, low = scratch[0], scratch[1]
     for c in range(upto):
-        p, t = _exp_reduce(-values[c] / dim)
+        p, t = exp_reduce(-values[c] / dim)
         values[c] = p
         high[c] = t
     high_bits = high[:upto].view(np.int64)
     low_bits = low[:upto].view(np.int64)
     for c in range(upto):
-        k = high_bits[c] - _SHIFT_BITS
+        k = high_bits[c] - SHIFT_BITS
         h = k >> 1
         high_bits[c] = (h + 1023) << 52
         low_bits[c] = (k - h + 1023) << 52
@@ -286,12 +286,12 @@ def _exp_neg(values: Array, upto: int, dim: int, scratch: Array) -> None:
 
 
 @jit()
-def _exp_triangle(sim: Array, dim: int) -> None:
-    """:func:`_exp_neg` on the lower triangle of ``sim`` (with the diagonal), its rows packed into
-    a vector of up to ``_PACK`` values at a time: short rows alone would spend most of their
+def exp_triangle(sim: Array, dim: int) -> None:
+    """:func:`exp_neg` on the lower triangle of ``sim`` (with the diagonal), its rows packed into
+    a vector of up to ``PACK`` values at a time: short rows alone would spend most of their
     time outside the vectorised loop."""
     m = sim.shape[0]
-    size = min(m * (m + 1) // 2, max(_PACK, m))
+    size = min(m * (m + 1) // 2, max(PACK, m))
     packed = np.empty(size, dtype=np.float64)
     scratch = np.empty((2, size), dtype=np.float64)
     first = 0
@@ -302,7 +302,7 @@ def _exp_triangle(sim: Array, dim: int) -> None:
                 packed[used + c] = sim[stop, c]
             used += stop + 1
             stop += 1
-        _exp_neg(packed, used, dim, scratch)
+        exp_neg(packed, used, dim, scratch)
         used = 0
         for a in range(first, stop):
             for c in range(a + 1):
@@ -312,7 +312,7 @@ def _exp_triangle(sim: Array, dim: int) -> None:
 
 
 @jit()
-def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
+def similarity_matrix(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
     """The ``[m, m]`` float64 similarity of the points (the columns of ``xt``; symmetric) and
     upper bounds of the first gains ``Σ_i max(s(i, j), 0)`` (its row sums, with a margin for
     their rounding)."""
@@ -325,50 +325,50 @@ def _similarity(xt: Array, kind: int, eps: float) -> tuple[Array, Array]:
     for a0 in range(0, full, 4):  # the lower triangle, four rows at a time (the entries c > a
         for r in range(4):  # are computed too; the mirror overwrites them with the same values)
             ids[r] = a0 + r
-        _raw_block(xt, ids, 0, a0 + 4, kind, sim[a0 : a0 + 4])
+        raw_block(xt, ids, 0, a0 + 4, kind, sim[a0 : a0 + 4])
         if kind != 2:  # (whole rows of the block: vectorised to the end, no scalar rest)
-            top = _sqrt_rows(sim, a0, a0 + 4, a0 + 4, top)
+            top = sqrt_rows(sim, a0, a0 + 4, a0 + 4, top)
     for a in range(full, m):  # ... and the last rows one by one
         for t in range(d):
             xj[t] = xt[t, a]
-        _raw(xt, xj, a + 1, kind, sim[a])
+        raw_row(xt, xj, a + 1, kind, sim[a])
         if kind != 2:
-            top = _sqrt_rows(sim, a, a + 1, a + 1, top)
+            top = sqrt_rows(sim, a, a + 1, a + 1, top)
     if kind == 1:  # exp on the triangle only (kind 0 needs the largest distance first)
-        _exp_triangle(sim, d)
+        exp_triangle(sim, d)
     first = np.zeros(m, dtype=np.float64)
-    _mirror(sim, kind, top, eps, first)
+    mirror(sim, kind, top, eps, first)
     return sim, first
 
 
 @jit()
-def _first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
+def first_gains(xt: Array, kind: int) -> tuple[Array, float, float]:
     """Without a matrix: every first gain ``Σ_i max(s(i, j), 0)``, the largest distance and a
     bound of the gains' rounding error, in one pass over the pairs (each pair once)."""
     m = xt.shape[1]
     sums = np.zeros(m, dtype=np.float64)
-    top = _pair_sums(xt, kind, 0, m, sums)
-    gains, err = _gains_from_sums(sums, top, kind)
+    top = pair_sums(xt, kind, 0, m, sums)
+    gains, err = gains_from_sums(sums, top, kind)
     return gains, top, err
 
 
 @jit()
-def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> float:
+def pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> float:
     """Add to ``sums[j]`` the terms of the first gains (distances for kind 0, ``max(s, 0)``
     otherwise) of the pairs ``(i, c)``, ``c ≤ i``, of the rows ``start ≤ i < stop``, four rows
     at a time; returns the largest distance among them (kinds 0, 1)."""
     d = xt.shape[0]
-    acc = np.empty((4, _BLOCK), dtype=np.float64)
+    acc = np.empty((4, BLOCK), dtype=np.float64)
     ids = np.empty(4, dtype=np.int64)
-    scratch = np.empty((2, _BLOCK if kind == 1 else 0), dtype=np.float64)
+    scratch = np.empty((2, BLOCK if kind == 1 else 0), dtype=np.float64)
     top = 0.0
     for i0 in range(start, stop, 4):
         end = min(stop, i0 + 4)
         for r in range(4):
             ids[r] = min(i0 + r, end - 1)  # a short group repeats its last row
-        for c0 in range(0, end, _BLOCK):  # the columns c ≤ i, up to the group's last row
-            width = min(_BLOCK, end - c0)
-            _raw_block(xt, ids, c0, width, kind, acc)
+        for c0 in range(0, end, BLOCK):  # the columns c ≤ i, up to the group's last row
+            width = min(BLOCK, end - c0)
+            raw_block(xt, ids, c0, width, kind, acc)
             for r in range(end - i0):
                 i = i0 + r
                 upto = min(width, i + 1 - c0)  # columns c0 ≤ c ≤ i
@@ -379,9 +379,9 @@ def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> floa
                     for c in range(upto):
                         a[c] = max(a[c], 0.0)
                 else:
-                    top = _sqrt_max(a, upto, top)
+                    top = sqrt_max(a, upto, top)
                     if kind == 1:
-                        _exp_neg(a, upto, d, scratch)
+                        exp_neg(a, upto, d, scratch)
                 total = 0.0
                 for c in range(upto):
                     total += a[c]
@@ -395,8 +395,8 @@ def _pair_sums(xt: Array, kind: int, start: int, stop: int, sums: Array) -> floa
 
 
 @jit()
-def _gains_from_sums(sums: Array, top: float, kind: int) -> tuple[Array, float]:
-    """The first gains from :func:`_pair_sums`' sums, and a bound of their rounding error
+def gains_from_sums(sums: Array, top: float, kind: int) -> tuple[Array, float]:
+    """The first gains from :func:`pair_sums`' sums, and a bound of their rounding error
     (whatever order the sums were added in)."""
     m = sums.shape[0]
     gains = np.empty(m, dtype=np.float64)
@@ -404,37 +404,37 @@ def _gains_from_sums(sums: Array, top: float, kind: int) -> tuple[Array, float]:
     for j in range(m):
         if kind == 0:  # Σ_i (C − d_ij) = m·C − Σ_i d_ij
             gains[j] = m * top - sums[j]
-            err = max(err, 4.0 * m * _EPS64 * (m * top + sums[j]))
+            err = max(err, 4.0 * m * EPS64 * (m * top + sums[j]))
         else:  # a sum of m nonnegative terms: relative error below m·eps
             gains[j] = sums[j]
-            err = max(err, 4.0 * m * _EPS64 * sums[j])
+            err = max(err, 4.0 * m * EPS64 * sums[j])
     return gains, err
 
 
 @jit()
-def _sim_row(
+def sim_row(
     xt: Array, kind: int, top: float, j: int, xj: Array, out: Array, scratch: Array
 ) -> Array:
     """s(j, ·) computed from the features into ``out`` (when there is no matrix; ``scratch``:
-    see :func:`_exp_neg`), or, kind ``_STORED``, copied from the similarity matrix ``xt``."""
+    see :func:`exp_neg`), or, kind ``STORED``, copied from the similarity matrix ``xt``."""
     d, m = xt.shape
-    if kind == _STORED:  # xt is the similarity matrix
+    if kind == STORED:  # xt is the similarity matrix
         for c in range(m):
             out[c] = xt[j, c]
         return out
     for t in range(d):
         xj[t] = xt[t, j]
-    _raw(xt, xj, m, kind, out)
+    raw_row(xt, xj, m, kind, out)
     if kind != 2:
-        _sqrt_max(out, m, 0.0)
+        sqrt_max(out, m, 0.0)
         if kind == 1:
-            _exp_neg(out, m, d, scratch)
-        _finish(out, m, kind, top)
+            exp_neg(out, m, d, scratch)
+        finish_row(out, m, kind, top)
     return out
 
 
 @jit(REDUCTION)
-def _gain(row: Array, cur: Array) -> float:
+def row_gain(row: Array, cur: Array) -> float:
     """Σ_i max(s(j, i) − cur_i, 0) for ``row`` = s(j, ·) (compiled with reassociation, so the
     sum vectorises; every gain of a call is summed the same way)."""
     acc = 0.0
@@ -444,8 +444,8 @@ def _gain(row: Array, cur: Array) -> float:
 
 
 @jit(REDUCTION)
-def _gain_at(sim: Array, j: int, cur: Array) -> float:
-    """:func:`_gain` of the matrix row ``j`` (without making a view of it)."""
+def gain_at(sim: Array, j: int, cur: Array) -> float:
+    """:func:`row_gain` of the matrix row ``j`` (without making a view of it)."""
     acc = 0.0
     for i in range(cur.shape[0]):
         acc += max(sim[j, i] - cur[i], 0.0)

@@ -28,14 +28,14 @@ from torch import Tensor
 
 from . import _jit
 from ._kernel_greedy import (
-    _buffers,
-    _correct,
-    _finish_problem,
-    _solve_all,
-    _solve_matrix_all,
-    _step,
+    buffers,
+    correct,
+    finish_problem,
+    greedy_step,
+    solve_all,
+    solve_matrix_all,
 )
-from ._kernel_similarity import _BLOCK, _NORM_MAX, _gains_from_sums, _pair_sums
+from ._kernel_similarity import BLOCK, NORM_MAX, gains_from_sums, pair_sums
 from ._problem import FacilityLocationResult, Problem, raise_first_bad_row, raise_too_large
 from ._torch import DENSE_MAX_ELEMENTS
 
@@ -106,7 +106,7 @@ def solve_problem(p: Problem, generator: torch.Generator | None = None) -> Facil
         flat, mask, k, p.kmax, p.kind, eps, threads=torch.get_num_threads()
     )
     if bad <= -2:
-        raise_too_large(-2 - bad, p.lead, torch.float64, _NORM_MAX)
+        raise_too_large(-2 - bad, p.lead, torch.float64, NORM_MAX)
     if bad >= 0:  # the kernel checked finiteness (of valid rows) in place of the PyTorch paths
         row_ok = torch.ones(p.batch * p.n, dtype=torch.bool)
         row_ok[bad] = False
@@ -147,7 +147,7 @@ def _raw_products(p: Problem, valid: Array) -> Tensor:
     zeroed; for distances the points are first centred on their problem's mean (the product's
     rounding grows with the norms, the distances do not). Checks that the valid rows are
     finite, as the compiled kernel does. (The features are float32 here: their float64
-    squared norms stay far below the kernel's ``_NORM_MAX``.)"""
+    squared norms stay far below the kernel's ``NORM_MAX``.)"""
     assert p.features is not None and p.features.dtype == torch.float32
     feats = p.features.detach()
     mask = torch.from_numpy(valid)
@@ -172,7 +172,7 @@ def _kernel() -> Any:
     disk cache)."""
     if not _jit.ENABLED:
         raise ImportError(_MISSING) from _jit.IMPORT_ERROR
-    return _solve_all
+    return solve_all
 
 
 def solve(
@@ -196,7 +196,7 @@ def solve(
     ``[B, kmax]``, ``weights`` ``[B, kmax]`` (cluster sizes), ``cover`` ``[B, n]`` (each valid
     point's term of the objective), all float64, and ``bad``: −1, or (then the outputs are
     incomplete) ``b·n + i`` for the first valid row with a non-finite value, or ``−2 − b`` when
-    problem ``b``'s points are too large for float64 similarities (see :func:`_solve_all`).
+    problem ``b``'s points are too large for float64 similarities (see :func:`solve_all`).
 
     With ``threads > 1``, a batch with enough work (``_SPLIT_MIN_WORK``) is cut into
     consecutive runs of problems of about equal work, one per thread, and each problem above
@@ -282,7 +282,7 @@ def solve_matrix(
     gains = np.zeros((batch, kmax), dtype=np.float64)
     weights = np.zeros((batch, kmax), dtype=np.float64)
     cover = np.zeros((batch, n), dtype=np.float64)
-    _solve_matrix_all(
+    solve_matrix_all(
         np.ascontiguousarray(raw, dtype=np.float64), np.ascontiguousarray(mask, dtype=np.bool_),
         np.ascontiguousarray(k, dtype=np.int64), _KINDS[kind], int(dim), float(eps),
         int(matrix_max), indices, gains, weights, cover,
@@ -303,7 +303,7 @@ def _incremental_threads(
     pool: ThreadPoolExecutor,
     threads: int,
 ) -> None:
-    """:func:`_first_gains` and :func:`_incremental` with their passes over the points split
+    """:func:`first_gains` and :func:`incremental_greedy` with their passes over the points split
     over ``threads`` threads (this one and the pool's): the first gains' rows in parts of equal
     pair counts, each step's corrections by columns. The compiled functions release the GIL.
     The picks and gains are the same as with one thread."""
@@ -312,20 +312,20 @@ def _incremental_threads(
     sums = np.zeros((threads, m), dtype=np.float64)
     tops = _run(
         pool,
-        [partial(_pair_sums, xt, kind, cuts[t], cuts[t + 1], sums[t]) for t in range(threads)],
+        [partial(pair_sums, xt, kind, cuts[t], cuts[t + 1], sums[t]) for t in range(threads)],
     )
     top = max(tops)
-    g, err = _gains_from_sums(sums.sum(0), top, kind)
-    state = _buffers(g, err, budget)
+    g, err = gains_from_sums(sums.sum(0), top, kind)
+    state = buffers(g, err, budget)
     cur, near, owner, taken, row, cand, exact, moved, lo, hi, picks, scalars = state
     width = -(-m // threads)
     width = -(-width // 8) * 8  # (any split gives the same gains: each column's own order)
     tasks = []
     for start in range(0, m, width):
-        acc = np.empty((4, _BLOCK), dtype=np.float64)
+        acc = np.empty((4, BLOCK), dtype=np.float64)
         tasks.append((acc, start, min(m, start + width)))
     for step in range(budget):
-        count = _step(
+        count = greedy_step(
             xt, kind, top, eps, step, g, gains, cur, near, owner, taken, row, cand, exact,
             moved, lo, hi, picks, scalars,
         )  # fmt: skip
@@ -333,11 +333,11 @@ def _incremental_threads(
             _run(
                 pool,
                 [
-                    partial(_correct, xt, kind, top, moved, lo, hi, count, g, acc, start, stop)
+                    partial(correct, xt, kind, top, moved, lo, hi, count, g, acc, start, stop)
                     for acc, start, stop in tasks
                 ],
             )
-    _finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
+    finish_problem(picks, budget, rows, cur, owner, indices, weights, cover)
 
 
 def _run(pool: ThreadPoolExecutor | None, tasks: list[Callable[[], Any]]) -> list[Any]:
