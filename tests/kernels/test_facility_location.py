@@ -648,6 +648,8 @@ def test_budgets_as_tensors_and_against_a_mask() -> None:
     with pytest.raises(ValueError, match=r"k=7 exceeds the 6 valid points of problem 1"):
         greedy_facility_location(x, 7, mask=mask)
     for k in (torch.tensor(3), torch.tensor([3, 3], dtype=torch.int32)):  # 0-d, int32
+        zero_d = fl.describe(x, torch.tensor(3, dtype=torch.int32), mask, "dot", 0.1, None)
+        assert isinstance(zero_d.k, torch.Tensor) and zero_d.k.dtype == torch.int64
         out = greedy_facility_location(x, k, mask=mask, method="naive")
         assert out.indices.shape == (2, 3) and out.indices.dtype == torch.int64
         assert torch.equal(out.indices, greedy_facility_location(x, 3, mask=mask).indices)

@@ -680,10 +680,11 @@ def test_report_losses_takes_tensors_of_any_shape_with_one_loss_per_index() -> N
 def test_a_class_too_small_for_a_pick_in_a_pool_is_skipped() -> None:
     n = 400
     labels = np.zeros(n, dtype=np.int64)
-    labels[:3] = 1  # a rare class: 1 member in a pool of 50 earns no pick of 8
+    labels[:25] = 1  # a rare class: 3 members in every pool of 50, no pick of 8 (7.52 : 0.48)
     s = make(n, 8, labels=labels, pool_size=50, num_pools=4)
     batches = stream(s, 4)
-    assert all(len(b) == 8 == len(set(b)) for b, _ in batches)
+    assert all(len(b) == 8 == len(set(b)) and max(b) >= 25 for b, _ in batches)
+    assert all(min(c) >= 25 for c in s.coresets)  # the rare class was in the pools, not picked
 
 
 def test_boundaries_are_accepted() -> None:
@@ -712,3 +713,10 @@ def test_selection_records_add_up_and_have_no_anchor_without_a_monitor() -> None
     for r in t.selections:
         assert r.anchor_seconds == 0.0 and r.interval is None
         assert 0.0 < r.callback_seconds + r.kernel_seconds <= r.seconds <= wall
+    start = time.perf_counter()
+    checked = make(400, 8, monitor=FakeMonitor([0.0, 0.1]), budget=0.2)
+    stream(checked)
+    wall = time.perf_counter() - start
+    t = checked.telemetry
+    assert t.num_checks >= 2 and 0.0 <= t.check_seconds <= wall
+    assert all(0.0 <= r.seconds <= wall for r in t.checks)
