@@ -17,7 +17,7 @@ from coreset_sampler.gradients import (
     per_sample_grads,
 )
 
-from ._nets import Net
+from ._net import Net
 
 DT = torch.float64
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from coreset_sampler.gradients import cross_entropy_logit_grad, last_layer_grad
 from coreset_sampler.proxies import GradientProxyCallback, ProxiesAndLosses, call_proxies
 
-from ._nets import Net
+from ._net import Net
 
 DT = torch.float64
 
