@@ -308,9 +308,9 @@ def test_ema_carries_over_with_bias_correction() -> None:
     assert r1.hessian_norm == pytest.approx(float((d1 + eps).norm()), rel=1e-12)
 
 
-def test_interval_follows_hessian_norm_ratio() -> None:
+def test_paper_interval_follows_hessian_norm_ratio() -> None:
     model = _quadratic(3, diagonal=True)
-    monitor = _exact_monitor(model, interval_multiplier=2.0, max_interval=7)
+    monitor = _exact_monitor(model, interval_multiplier=2.0, max_interval=7, interval_rule="paper")
     assert monitor.interval == 1
     r0 = monitor.anchor(CORESETS, WEIGHTS, CHECK)
     assert r0.interval == 2 == monitor.interval  # ceil(h · ‖H_0‖/‖H_0‖)
@@ -322,6 +322,33 @@ def test_interval_follows_hessian_norm_ratio() -> None:
     model.scale = 5.0
     assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 1
     assert monitor.check().interval == 1
+
+
+def test_adaptive_interval_doubles_while_checks_hold_and_halves_after_one_fails() -> None:
+    """A scripted run: ρ = 0 while the quadratic model is exact (a diagonal quadratic), ρ > 0
+    once it is not; T1 doubles at every check that holds (up to max_interval) and halves at the
+    anchor that follows a check that failed, whatever the curvature does."""
+    model = _quadratic(3, diagonal=True)
+    monitor = _exact_monitor(model, max_interval=16)
+    assert monitor.interval_rule == "adaptive"
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 1
+    seen = []
+    for k in range(6):
+        model.scale = 1.0  # (the loss stays the model's quadratic: ρ = 0)
+        _set(model, torch.full((3,), 0.1 * k, dtype=DT))
+        report = monitor.check()
+        seen.append((report.interval, report.reselect))
+    assert seen == [(1, False), (2, False), (4, False), (8, False), (16, False), (16, False)]
+    model.scale = 10.0  # the curvature grows tenfold: the old model fails
+    assert monitor.check().reselect and monitor.interval == 16
+    state = monitor.state_dict()
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # halved
+    again = _exact_monitor(model, max_interval=16)
+    again.load_state_dict(state)
+    assert again.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # the failed check was saved
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # no failed check since
+    three = _exact_monitor(model, interval_multiplier=2.5)
+    assert three.anchor(CORESETS, WEIGHTS, CHECK).interval == 3  # starts at ceil(h)
 
 
 def test_threshold_decides_reselect() -> None:

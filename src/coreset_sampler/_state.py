@@ -36,6 +36,12 @@ def _int(value: Any, where: str) -> int:
     return int(value)
 
 
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where} should be a bool, but got {value!r}")
+    return bool(value)
+
+
 def _float(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{where} should be a number, but got {value!r}")
@@ -59,6 +65,7 @@ def _same(value: Any) -> Any:
     return value
 
 
+BOOL = Codec(bool, _bool)
 INT = Codec(int, _int)
 FLOAT = Codec(float, _float)
 OPTIONAL_INT = Codec(_same, _optional(_int))

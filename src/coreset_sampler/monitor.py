@@ -42,7 +42,7 @@ from coreset_sampler._checks import (
     check_seed_or_generator,
 )
 from coreset_sampler._nn import eval_mode, unwrap
-from coreset_sampler._state import FLOAT, INT, Codec, Stateful
+from coreset_sampler._state import BOOL, FLOAT, INT, Codec, Stateful
 from coreset_sampler.hessian import (
     CoresetCurvature,
     checked_losses,
@@ -86,7 +86,7 @@ class AnchorReport:
         loss0: L_0, mean loss of the check sample at the anchor (eval mode).
         grad_norm: ‖g‖ of the smoothed, bias-corrected gradient.
         hessian_norm: ‖H_ℓ‖ of the smoothed Hessian diagonal (sqrt(EMA) + ε).
-        interval: T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, the number of steps until the next check.
+        interval: T1, the number of steps until the next check.
         num_examples: examples differentiated (sum of the coreset sizes).
         hvp: how the Hessian-vector products were computed (``"jvp"`` or ``"double_backward"``).
     """
@@ -107,7 +107,8 @@ class CheckReport:
     Attributes:
         rho: ρ = |L_r − F(δ)| / L_r.
         reselect: ρ > threshold.
-        interval: T1 in use (the next :meth:`~QuadraticLossMonitor.anchor` recomputes it).
+        interval: T1 in use at this check (``interval_rule="adaptive"`` doubles it after a
+            check that holds).
         loss: L_r, mean loss of the check sample now (eval mode).
         predicted: F(δ), the quadratic model's prediction of ``loss``.
         seconds: wall time of the check.
@@ -132,8 +133,11 @@ class QuadraticLossMonitor(Stateful):
     snapshot of the tracked parameters and L_0, the mean loss of the check sample V_r. A
     **check** reads the parameters w_t (any optimizer is accounted for) and returns
     ρ = |L_r(w_t) − F(δ)| / L_r(w_t), F(δ) = L_0 + gᵀδ + ½ δᵀ diag(H) δ, evaluating exactly
-    |V_r| examples. The interval is T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) (CREST, Yang, Kang,
-    Mirzasoleiman, ICML 2023, §4.2; the paper's τ = 0.05, h = 1). Every evaluation runs in
+    |V_r| examples. The check interval T1 (``interval_rule``): ``"adaptive"`` (default) doubles
+    T1 after every check that holds (ρ ≤ τ) and halves it at the anchor that follows a check
+    that did not, starting at ⌈h⌉; ``"paper"`` sets T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) at each
+    anchor (CREST, Yang, Kang, Mirzasoleiman, ICML 2023, §4.2; the paper's τ = 0.05, h = 1),
+    which stays at 1 once the curvature has grown past its first value. Every evaluation runs in
     eval mode (the model is switched and every submodule's flag restored after), so ρ = 0 at
     δ = 0. Memory: one copy of the tracked parameters and two EMA buffers; track a subset
     (``model.fc.parameters()`` with ``module=model``) for large networks. Details:
@@ -144,7 +148,8 @@ class QuadraticLossMonitor(Stateful):
             the parameters to track.
         loss_fn: per-sample losses with graph, see :class:`PerSampleLoss`.
         threshold: τ ≥ 0, reselect when ρ > τ.
-        interval_multiplier: h > 0.
+        interval_multiplier: h > 0 (``"paper"``: the ratio's factor; ``"adaptive"``: the
+            first interval, ⌈h⌉).
         beta1: β1 ∈ [0, 1) for the gradient EMA (0: no smoothing).
         beta2: β2 ∈ [0, 1) for the EMA of the squared Hessian diagonal (0: no smoothing).
         eps: ε > 0 added to the Hessian diagonal.
@@ -156,6 +161,7 @@ class QuadraticLossMonitor(Stateful):
         hvp: ``"auto"`` (forward-over-reverse, falling back to double backward if an operation
             lacks forward-mode AD), ``"jvp"`` or ``"double_backward"``.
         max_interval: optional upper bound on T1.
+        interval_rule: ``"adaptive"`` or ``"paper"``, see above.
 
     Raises:
         TypeError: on arguments of the wrong type.
@@ -194,6 +200,7 @@ class QuadraticLossMonitor(Stateful):
     _hessian_norm0: float | None
     _hessian_norm: float
     _interval: int
+    _reselected: bool
     anchor_seconds: float
     check_seconds: float
 
@@ -213,6 +220,7 @@ class QuadraticLossMonitor(Stateful):
         module: nn.Module | None = None,
         hvp: Literal["auto", "jvp", "double_backward"] = "auto",
         max_interval: int | None = None,
+        interval_rule: Literal["adaptive", "paper"] = "adaptive",
     ) -> None:
         super().__init__()
         if not callable(loss_fn):
@@ -227,6 +235,7 @@ class QuadraticLossMonitor(Stateful):
         self.eps = check_real("eps", eps, low=0.0, strict=True)
         self.num_probes = check_positive_int("num_probes", num_probes)
         self.max_interval = check_optional_positive_int("max_interval", max_interval)
+        self.interval_rule = check_choice("interval_rule", interval_rule, ("adaptive", "paper"))
         check_choice("hvp", hvp, _HVP)
         self._generator = _probe_generator(seed, generator)
         self._params, self._module, self._names = _tracked(params, module)
@@ -251,6 +260,7 @@ class QuadraticLossMonitor(Stateful):
                        attr="_hessian_norm0")  # fmt: skip
         self.add_state("hessian_norm", FLOAT, math.nan, attr="_hessian_norm")
         self.add_state("interval", INT, 1, attr="_interval")
+        self.add_state("reselected", BOOL, False, attr="_reselected")  # at the last check
         hvp_used = "double_backward" if self._names is None else hvp
         self.add_state("hvp", Codec(str, _read_hvp), hvp_used, attr="_hvp")
         self.add_state("generator_state", Codec(Tensor.clone, _read_byte_tensor),
@@ -363,10 +373,14 @@ class QuadraticLossMonitor(Stateful):
         self._num_checks += 1
         seconds = time.perf_counter() - start
         self.check_seconds += seconds
+        interval = self._interval
+        self._reselected = rho > self.threshold
+        if self.interval_rule == "adaptive" and not self._reselected:
+            self._interval = self._capped(2 * interval)  # the model held: check half as often
         report = CheckReport(
             rho=rho,
-            reselect=rho > self.threshold,
-            interval=self._interval,
+            reselect=self._reselected,
+            interval=interval,
             loss=loss,
             predicted=predicted,
             seconds=seconds,
@@ -408,12 +422,21 @@ class QuadraticLossMonitor(Stateful):
         return grad_hat, hess_hat
 
     def _next_interval(self) -> int:
-        assert self._hessian_norm0 is not None
-        ratio = self.interval_multiplier * self._hessian_norm0 / self._hessian_norm
-        interval = max(1, math.ceil(ratio - 1e-9 * ratio)) if math.isfinite(ratio) else 1
-        if self.max_interval is not None:
-            interval = min(interval, self.max_interval)
-        return interval
+        """T1 after an anchor: the paper's ⌈h·‖H_0‖/‖H_ℓ‖⌉, or (adaptive) the interval that
+        held, halved when the last check asked for this reselection (h at the first anchor)."""
+        if self.interval_rule == "paper":
+            assert self._hessian_norm0 is not None
+            ratio = self.interval_multiplier * self._hessian_norm0 / self._hessian_norm
+            interval = max(1, math.ceil(ratio - 1e-9 * ratio)) if math.isfinite(ratio) else 1
+        elif self._num_anchors == 1:
+            interval = max(1, math.ceil(self.interval_multiplier - 1e-9))
+        else:
+            interval = max(1, self._interval // 2) if self._reselected else self._interval
+        self._reselected = False
+        return self._capped(interval)
+
+    def _capped(self, interval: int) -> int:
+        return interval if self.max_interval is None else min(interval, self.max_interval)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -720,3 +721,35 @@ def test_selection_records_add_up_and_have_no_anchor_without_a_monitor() -> None
     t = checked.telemetry
     assert t.num_checks >= 2 and 0.0 <= t.check_seconds <= wall
     assert all(0.0 <= r.seconds <= wall for r in t.checks)
+
+
+@pytest.mark.parametrize("rule", ["adaptive", "paper"])
+def test_checks_stay_few_when_the_curvature_grows_tenfold(rule: str) -> None:
+    """The loss of every example is c_i + s·Σ_k a_k w_k² / 2 (a diagonal quadratic: the
+    monitor's model is exact while s holds); s grows tenfold in three jumps over 90 steps. The
+    paper's T1 = ⌈‖H_0‖/‖H_ℓ‖⌉ is 1 once the curvature has grown, so it checks at nearly every
+    step; the adaptive rule lengthens T1 again as soon as the checks hold."""
+    from coreset_sampler import QuadraticLossMonitor
+
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    a = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    scale = [1.0]
+
+    def loss_fn(indices: Sequence[int]) -> Tensor:
+        c = torch.tensor([float(i % 7) for i in indices], dtype=torch.float64) + 10.0
+        return c + scale[0] * 0.5 * (a * w * w).sum()
+
+    monitor = QuadraticLossMonitor([w], loss_fn, interval_rule=rule, beta1=0.0, beta2=0.0)  # type: ignore[list-item]
+    s = make(800, 8, monitor=monitor, budget=1.0, drop_learned=False)  # 100 steps
+    it = iter(s)
+    for step in range(90):
+        next(it)
+        if step in (20, 40, 60):
+            scale[0] *= 10 ** (1 / 3)
+        with torch.no_grad():
+            w.mul_(0.99)  # training moves the parameters
+    checks = s.telemetry.num_checks
+    if rule == "adaptive":
+        assert checks < 30, checks
+    else:
+        assert checks > 60, checks

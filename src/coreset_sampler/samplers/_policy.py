@@ -147,6 +147,8 @@ class MonitorChecks(Stateful):
         record = CheckRecord(step, seconds, float(report.rho), reselect, interval)
         self.telemetry.check(record)
         if not reselect:
+            # the monitor may lengthen the interval after a check that held
+            self.interval = int(self.agree(float(self.monitor.interval), "min"))
             return None
         self.num_pools = min(self.pool_multiplier * interval, self.steps_per_epoch)
         return "check"
