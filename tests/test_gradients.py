@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from coreset_sampler.gradients import (
+    cross_entropy_head_terms,
     cross_entropy_logit_grad,
     last_layer_grad,
     logit_grad,
@@ -207,3 +208,53 @@ def test_closed_form_errors() -> None:
         per_sample_grads(model, _ce, z, torch.tensor([0, 1]), params=[])
     with pytest.raises(TypeError, match=r"model should be an nn.Module, but got function"):
         per_sample_grads(_ce, _ce, z, torch.tensor([0, 1]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("smoothing", "class_weight", "bias", "probabilities"),
+    [(0.0, False, True, False), (0.1, True, True, False), (0.2, False, False, False),
+     (0.05, True, True, True)],
+)  # fmt: skip
+def test_cross_entropy_head_terms_equal_autograd_and_the_dense_hessian(
+    smoothing: float, class_weight: bool, bias: bool, probabilities: bool
+) -> None:
+    """The closed-form gradient and Hessian diagonal of mean_i γ_i ℓ_i with respect to a linear
+    head equal autograd's gradient and the diagonal of torch.func.hessian, in float64 (with
+    class weights, label smoothing, an ignored row, probability targets)."""
+    g = torch.Generator().manual_seed(3)
+    n, d, c = 9, 4, 3
+    h = torch.randn(n, d, generator=g, dtype=DT)
+    w0 = torch.randn(c, d, generator=g, dtype=DT)
+    b0 = torch.randn(c, generator=g, dtype=DT) if bias else None
+    gamma = torch.rand(n, generator=g, dtype=DT) + 0.5
+    cw = torch.rand(c, generator=g, dtype=DT) + 0.5 if class_weight else None
+    if probabilities:
+        y: Tensor = torch.softmax(torch.randn(n, c, generator=g, dtype=DT), 1)
+    else:
+        y = torch.randint(0, c, (n,), generator=g)
+        y[4] = -100  # ignored
+
+    def loss(w: Tensor, b: Tensor | None) -> Tensor:
+        z = h @ w.T + (b if b is not None else 0.0)
+        per = F.cross_entropy(z, y, weight=cw, label_smoothing=smoothing, reduction="none")
+        return (gamma * per).mean()
+
+    logits = h @ w0.T + (b0 if b0 is not None else 0.0)
+    grads, diags = cross_entropy_head_terms(
+        logits, y, h, gamma, weight=cw, label_smoothing=smoothing, bias=bias
+    )
+    if bias:
+        assert b0 is not None
+        ref_g = torch.func.grad(loss, argnums=(0, 1))(w0, b0)
+        flat = torch.cat([w0.reshape(-1), b0])
+        dense = torch.func.hessian(lambda v: loss(v[: c * d].reshape(c, d), v[c * d :]))(flat)
+        ref_d = dense.diagonal()
+        torch.testing.assert_close(grads[1], ref_g[1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(diags[1], ref_d[c * d :], rtol=1e-12, atol=1e-14)
+    else:
+        ref_g = (torch.func.grad(lambda w: loss(w, None))(w0),)
+        ref_d = torch.func.hessian(lambda v: loss(v.reshape(c, d), None))(w0.reshape(-1))
+        ref_d = ref_d.reshape(c * d, c * d).diagonal()
+        assert len(grads) == len(diags) == 1
+    torch.testing.assert_close(grads[0], ref_g[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(diags[0].reshape(-1), ref_d[: c * d], rtol=1e-12, atol=1e-14)

@@ -151,7 +151,9 @@ def _net_and_data() -> tuple[_Net, Tensor, Tensor]:
 def test_delta_after_sgd_momentum_steps_is_the_parameter_difference() -> None:
     net, x, y = _net_and_data()
     cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
-    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, beta1=0.0, beta2=0.0, seed=0)
+    monitor = QuadraticLossMonitor(
+        net, cb.per_sample_loss, beta1=0.0, beta2=0.0, seed=0, curvature="hutchinson"
+    )
     net.train()
     coresets = [list(range(0, 16)), list(range(16, 32))]
     weights = [torch.ones(16, dtype=DT), torch.linspace(0.2, 1.8, 16, dtype=DT)]
@@ -206,6 +208,7 @@ def test_parameter_subset_tracks_only_the_head(hvp: str) -> None:
         module=net,
         beta1=0.0,
         hvp=hvp,  # type: ignore[arg-type]
+        curvature="hutchinson",
     )
     idx = list(range(16))
     report = monitor.anchor([idx], [torch.ones(16, dtype=DT)], list(range(16, 48)))
@@ -276,7 +279,7 @@ def test_monitor_restores_training_mode_per_submodule_and_evaluates_in_eval() ->
 def test_monitor_does_not_touch_the_global_rng() -> None:
     net, x, y = _net_and_data()
     cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
-    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, num_probes=2)
+    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, num_probes=2, curvature="hutchinson")
     state = torch.random.get_rng_state()
     monitor.anchor([list(range(16))], [torch.ones(16, dtype=DT)], list(range(16, 48)))
     monitor.check()
@@ -368,7 +371,7 @@ def test_threshold_decides_reselect() -> None:
 def test_state_round_trip_gives_the_same_rho_and_continues_identically() -> None:
     net, x, y = _net_and_data()
     cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]))
-    a = QuadraticLossMonitor(net, cb.per_sample_loss, seed=7, num_probes=2)
+    a = QuadraticLossMonitor(net, cb.per_sample_loss, seed=7, num_probes=2, curvature="hutchinson")
     coresets = [list(range(16)), list(range(16, 32))]
     weights = [torch.ones(16, dtype=DT)] * 2
     a.anchor(coresets, weights, list(range(32, 64)))
@@ -376,7 +379,9 @@ def test_state_round_trip_gives_the_same_rho_and_continues_identically() -> None
         for p in net.parameters():
             p.mul_(1.05)
     state = a.state_dict()
-    b = QuadraticLossMonitor(net, cb.per_sample_loss, seed=123, num_probes=2)
+    b = QuadraticLossMonitor(
+        net, cb.per_sample_loss, seed=123, num_probes=2, curvature="hutchinson"
+    )
     b.load_state_dict(state)
     ra, rb = a.check(), b.check()
     assert ra.rho == rb.rho and ra.predicted == rb.predicted and ra.rho > 0
@@ -631,3 +636,90 @@ def test_state_errors() -> None:
     state["snapshot"] = []
     with pytest.raises(ValueError, match=r"state\['snapshot'\] should be a list of 1 tensors"):
         m.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- the head's closed form
+
+
+def test_auto_curvature_is_the_heads_closed_form_with_a_proxy_callback() -> None:
+    """With GradientProxyCallback.per_sample_loss the monitor models the head (fc) only, with
+    the exact gradient and Hessian diagonal (torch.func in float64), and the anchor forwards
+    only the check sample when the proxy pass just covered the coresets."""
+    net, x, y = _net_and_data()
+    cb = GradientProxyCallback(net, lambda i: (x[list(i)], y[list(i)]), batch_size=16)
+    monitor = QuadraticLossMonitor(net, cb.per_sample_loss, beta1=0.0, beta2=0.0, eps=1e-12)
+    coresets = [list(range(0, 16)), list(range(16, 32))]
+    weights = [torch.ones(16, dtype=DT), torch.linspace(0.2, 1.8, 16, dtype=DT)]
+    check = list(range(32, 64))
+    forwards = [0]
+    net.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    cb.proxies_and_losses(list(range(40)))  # the selection's proxy pass
+    forwards[0] = 0
+    report = monitor.anchor(coresets, weights, check)
+    assert forwards[0] == 2  # the check sample's L_0 (32 examples, chunks of 16): nothing else
+    assert report.hvp == "closed_form"
+    assert [tuple(t.shape) for t in monitor.state_dict()["snapshot"]] == [(3, 8), (3,)]
+
+    params = {n: p.detach() for n, p in net.named_parameters()}
+
+    def head_loss(w: Tensor, b: Tensor) -> Tensor:
+        total = torch.zeros((), dtype=DT)
+        for idx, wt in zip(coresets, weights, strict=True):
+            out = torch.func.functional_call(
+                net, {**params, "fc.weight": w, "fc.bias": b}, (x[idx],)
+            )
+            total = total + (wt * F.cross_entropy(out, y[idx], reduction="none")).mean()
+        return total / len(coresets)
+
+    net.eval()
+    w0, b0 = params["fc.weight"], params["fc.bias"]
+    grad = torch.func.grad(head_loss, argnums=(0, 1))(w0, b0)
+    flat = torch.cat([w0.reshape(-1), b0])
+    dense = torch.func.hessian(lambda v: head_loss(v[:24].reshape(3, 8), v[24:]))(flat)
+    net.train()
+    assert report.grad_norm == pytest.approx(
+        float(torch.cat([g.reshape(-1) for g in grad]).norm()), rel=1e-10
+    )
+    assert report.hessian_norm == pytest.approx(
+        float((dense.diagonal().abs() + 1e-12).norm()), rel=1e-10
+    )
+    # once the model has changed, the terms come from a fresh forward pass at the new weights
+    with torch.no_grad():
+        net.fc.weight.add_(0.1)
+    forwards[0] = 0
+    monitor.anchor(coresets, weights, check)
+    assert forwards[0] == 1 + 1 + 2  # each coreset (one chunk of 16) and the check sample
+
+
+def test_curvature_choices_and_a_head_that_is_not_the_output() -> None:
+    net, x, y = _net_and_data()
+    load = lambda i: (x[list(i)], y[list(i)])  # noqa: E731
+    cb = GradientProxyCallback(net, load)
+    whole = QuadraticLossMonitor(net, cb.per_sample_loss, curvature="hutchinson")
+    assert sum(t.numel() for t in whole.state_dict()["exp_avg"] or []) == 0  # (before anchor)
+    whole.anchor([[0, 1]], [torch.ones(2, dtype=DT)], [2, 3])
+    assert len(whole.state_dict()["snapshot"]) == len(list(net.parameters()))
+    own = QuadraticLossMonitor(net, lambda i: cb.per_sample_loss(i))  # not the callback's own
+    own.anchor([[0, 1]], [torch.ones(2, dtype=DT)], [2, 3])
+    assert len(own.state_dict()["snapshot"]) == len(list(net.parameters()))
+    mse = GradientProxyCallback(net, load, loss=lambda o, t: ((o - 1.0) ** 2).mean(1))
+    with pytest.raises(ValueError, match="curvature='head' needs loss_fn to be the per_sample"):
+        QuadraticLossMonitor(net, mse.per_sample_loss, curvature="head")
+    with pytest.raises(ValueError, match="curvature='head' needs"):
+        QuadraticLossMonitor(
+            net.body.parameters(), cb.per_sample_loss, module=net, curvature="head"
+        )
+
+    class Scaled(torch.nn.Module):  # the output is not the last nn.Linear's
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, v: Tensor) -> Tensor:
+            return 2.0 * self.inner(v)
+
+    scaled = Scaled()
+    cb2 = GradientProxyCallback(scaled, load)
+    monitor = QuadraticLossMonitor(scaled, cb2.per_sample_loss)
+    with pytest.raises(ValueError, match="the model's output is not the output of its head"):
+        monitor.anchor([[0, 1]], [torch.ones(2, dtype=DT)], [2, 3])

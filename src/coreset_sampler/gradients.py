@@ -89,6 +89,87 @@ def cross_entropy_logit_grad(
         tensor([[-0.7500,  0.2500,  0.2500,  0.2500],
                 [ 0.2500,  0.2500,  0.2500, -0.7500]])
     """
+    a = _ce_targets(logits, target, weight, label_smoothing, ignore_index)
+    p = torch.softmax(logits, dim=1)
+    return a.sum(dim=1, keepdim=True) * p - a
+
+
+def cross_entropy_head_terms(
+    logits: Tensor,
+    target: Tensor,
+    features: Tensor,
+    sample_weight: Tensor | None = None,
+    *,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    bias: bool = True,
+) -> tuple[list[Tensor], list[Tensor]]:
+    r"""Gradient and exact Hessian diagonal of a weighted cross-entropy with respect to the
+    last linear layer, in closed form.
+
+    For logits z_i = W h_i + b, p_i = softmax(z_i) and the loss L = mean_i γ_i ℓ_i (ℓ_i the
+    ``reduction='none'`` cross-entropy, with the targets a_i of
+    :func:`cross_entropy_logit_grad` and s_i = Σ_c a_ic):
+
+    .. math::
+
+        ∂L/∂W_{cj} = \operatorname{mean}_i γ_i (s_i p_{ic} - a_{ic}) h_{ij}, \qquad
+        ∂^2L/∂W_{cj}^2 = \operatorname{mean}_i γ_i s_i\, p_{ic}(1 - p_{ic})\, h_{ij}^2,
+
+    and the same without h for the bias. No probe, no second backward pass: the features and
+    probabilities of one forward pass give both (the quadratic model of CREST's monitor on the
+    head, as the paper does for RoBERTa).
+
+    Args:
+        logits: ``[n, C]`` floating tensor, the head's output.
+        target: ``[n]`` class indices or ``[n, C]`` probabilities.
+        features: ``[n, D]``, the head's input.
+        sample_weight: optional ``[n]`` weights γ (ones if not given).
+        weight: optional ``[C]`` class weights; label_smoothing, ignore_index: as for
+            :func:`torch.nn.functional.cross_entropy`.
+        bias: whether the head has a bias (its terms are then returned too).
+
+    Returns:
+        ``([dL/dW, dL/db], [diag W, diag b])`` (without the bias terms when ``bias`` is
+        false), in the dtype of ``logits``.
+
+    Examples:
+        >>> import torch
+        >>> g, d = cross_entropy_head_terms(torch.zeros(2, 2), torch.tensor([0, 1]),
+        ...                                 torch.ones(2, 3))
+        >>> g[0].shape, d[0][0].tolist()
+        (torch.Size([2, 3]), [0.25, 0.25, 0.25])
+    """
+    a = _ce_targets(logits, target, weight, label_smoothing, ignore_index)
+    check_tensor("features", features, ndim=2, floating=True)
+    if features.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"features should have one row per logit row ({logits.shape[0]}), but got shape "
+            f"{tuple(features.shape)}"
+        )
+    n = logits.shape[0]
+    gamma = torch.ones(n, dtype=logits.dtype, device=logits.device)
+    if sample_weight is not None:
+        gamma = check_tensor("sample_weight", sample_weight, ndim=1, floating=True).to(gamma)
+    p = torch.softmax(logits, dim=1)
+    s = a.sum(dim=1, keepdim=True)
+    h = features.to(logits.dtype)
+    g_z = (s * p - a) * (gamma / n).unsqueeze(1)  # [n, C]
+    c_z = s * p * (1.0 - p) * (gamma / n).unsqueeze(1)  # the logits' Hessian diagonal, weighted
+    grads, diags = [g_z.T @ h], [c_z.T @ (h * h)]
+    if bias:
+        grads.append(g_z.sum(0))
+        diags.append(c_z.sum(0))
+    return grads, diags
+
+
+def _ce_targets(
+    logits: Tensor, target: Tensor, weight: Tensor | None, label_smoothing: float,
+    ignore_index: int,
+) -> Tensor:  # fmt: skip
+    """The targets a ``[n, C]`` of the cross-entropy ℓ = −Σ_c a_c log p_c (weights and
+    smoothing included; zero rows where the target is ``ignore_index``)."""
     check_tensor("logits", logits, ndim=2, floating=True)
     n, num_classes = logits.shape
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
@@ -140,11 +221,9 @@ def cross_entropy_logit_grad(
             f"target should hold class indices (integer) or probabilities (floating), "
             f"but got dtype {target.dtype}"
         )
-    p = torch.softmax(logits, dim=1)
-    g = a.sum(dim=1, keepdim=True) * p - a
     if keep is not None:
-        g = g * keep.unsqueeze(1).to(g.dtype)
-    return g
+        a = a * keep.unsqueeze(1).to(a.dtype)
+    return a
 
 
 def last_layer_grad(logit_grad: Tensor, features: Tensor, *, bias: bool = True) -> Tensor:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,21 @@ class PerSampleLoss(Protocol):
     """
 
     def __call__(self, indices: Sequence[int]) -> Tensor: ...
+
+
+@runtime_checkable
+class HeadCurvature(Protocol):
+    """What a ``loss_fn``'s owner offers for the closed-form quadratic model of the head:
+    its parameters (or ``None`` where the closed form does not apply) and the gradient and
+    exact Hessian diagonal of ``mean_i w_i ℓ_i`` over some examples with respect to them.
+    :class:`~coreset_sampler.proxies.GradientProxyCallback` is one (through its
+    ``per_sample_loss``)."""
+
+    def head_parameters(self) -> list[Tensor] | None: ...
+
+    def head_terms(
+        self, indices: Sequence[int], weights: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,7 @@ class QuadraticLossMonitor(Stateful):
         hvp: Literal["auto", "jvp", "double_backward"] = "auto",
         max_interval: int | None = None,
         interval_rule: Literal["adaptive", "paper"] = "adaptive",
+        curvature: Literal["auto", "head", "hutchinson"] = "auto",
     ) -> None:
         super().__init__()
         if not callable(loss_fn):
@@ -241,6 +257,11 @@ class QuadraticLossMonitor(Stateful):
         self._params, self._module, self._names = _tracked(params, module)
         if hvp == "jvp" and self._names is None:
             raise ValueError("hvp='jvp' needs the model: pass params as a module, or module=...")
+        self._head = _head_model(loss_fn, self._params, check_choice(
+            "curvature", curvature, ("auto", "head", "hutchinson")
+        ))  # fmt: skip
+        if self._head is not None:  # the closed-form quadratic model of the head
+            self._params = list(self._head[0])
 
         self._curvature = CoresetCurvature(
             loss_fn, self._params, self._module, self._names, self._generator, self.num_probes
@@ -261,7 +282,9 @@ class QuadraticLossMonitor(Stateful):
         self.add_state("hessian_norm", FLOAT, math.nan, attr="_hessian_norm")
         self.add_state("interval", INT, 1, attr="_interval")
         self.add_state("reselected", BOOL, False, attr="_reselected")  # at the last check
-        hvp_used = "double_backward" if self._names is None else hvp
+        hvp_used: str = "double_backward" if self._names is None else hvp
+        if self._head is not None:
+            hvp_used = "closed_form"
         self.add_state("hvp", Codec(str, _read_hvp), hvp_used, attr="_hvp")
         self.add_state("generator_state", Codec(Tensor.clone, _read_byte_tensor),
                        self._generator.get_state(), attr="_generator_state")  # fmt: skip
@@ -309,7 +332,11 @@ class QuadraticLossMonitor(Stateful):
         diag_sum = [torch.zeros_like(p) for p in self._params]
         with eval_mode(self._module):
             for k, (idx, w) in enumerate(sets):
-                g, d = self._curvature.estimate(idx, w, k)
+                if self._head is not None:
+                    head_g, head_d = self._head[1](idx, w)
+                    g, d = tuple(head_g), tuple(head_d)
+                else:
+                    g, d = self._curvature.estimate(idx, w, k)
                 for gs, ds, gi, di in zip(grad_sum, diag_sum, g, d, strict=True):
                     gs.add_(gi, alpha=1.0 / len(sets))
                     ds.add_(di, alpha=1.0 / len(sets))
@@ -408,7 +435,9 @@ class QuadraticLossMonitor(Stateful):
         self._curvature.hvp = hvp
 
     def _after_load(self) -> None:
-        if self._names is None:
+        if self._head is not None:
+            self._hvp = "closed_form"
+        elif self._names is None:
             self._hvp = "double_backward"  # without the model, whatever the saved monitor did
 
     def _model_terms(self) -> tuple[list[Tensor], list[Tensor]]:
@@ -440,6 +469,29 @@ class QuadraticLossMonitor(Stateful):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _head_model(
+    loss_fn: Any, tracked: list[Tensor], curvature: str
+) -> tuple[list[Tensor], Callable[..., tuple[list[Tensor], list[Tensor]]]] | None:
+    """The head's parameters and its closed-form terms, where ``curvature`` asks for them
+    ("head"), or allows them ("auto") and ``loss_fn`` belongs to a :class:`HeadCurvature` whose
+    head is among the tracked parameters; ``None`` for Hutchinson's estimate."""
+    if curvature == "hutchinson":
+        return None
+    owner = getattr(loss_fn, "__self__", None)
+    head = owner.head_parameters() if isinstance(owner, HeadCurvature) else None
+    ids = {id(p) for p in tracked}
+    if head is not None and all(id(p) in ids for p in head):
+        assert owner is not None
+        return [p for p in head if p.requires_grad], owner.head_terms
+    if curvature == "head":
+        raise ValueError(
+            "curvature='head' needs loss_fn to be the per_sample_loss of a callback with a "
+            "closed-form head (a GradientProxyCallback with cross-entropy on a final "
+            "nn.Linear) whose head parameters are among params"
+        )
+    return None
 
 
 def _probe_generator(seed: Any, generator: Any) -> torch.Generator:
@@ -613,8 +665,8 @@ def _read_optional_float(value: Any, where: str) -> float | None:
 
 
 def _read_hvp(value: Any, where: str) -> str:
-    if value not in _HVP:
-        raise ValueError(f"{where} should be one of {_HVP}, but got {value!r}")
+    if value not in (*_HVP, "closed_form"):
+        raise ValueError(f"{where} should be one of {(*_HVP, 'closed_form')}, but got {value!r}")
     return str(value)
 
 

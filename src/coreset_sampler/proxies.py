@@ -32,6 +32,7 @@ from coreset_sampler._checks import (
 from coreset_sampler._nn import eval_mode, to_device, unwrap
 from coreset_sampler.gradients import (
     PerSampleLossFn,
+    cross_entropy_head_terms,
     cross_entropy_logit_grad,
     last_layer_grad,
     logit_grad,
@@ -215,16 +216,17 @@ class GradientProxyCallback:
                 f"but got loss={loss!r}"
             )
         self._loss = loss
-        if head is None and proxy == "last_layer":
-            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-            if not linears:
-                raise ValueError(
-                    "proxy='last_layer' needs a head: model has no nn.Linear, pass head=..."
-                )
-            head = linears[-1]
         if head is not None and not isinstance(head, nn.Module):
             raise TypeError(f"head should be an nn.Module, but got {type(head).__name__}")
+        if head is None:
+            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+            head = linears[-1] if linears else None
+        if head is None and proxy == "last_layer":
+            raise ValueError(
+                "proxy='last_layer' needs a head: model has no nn.Linear, pass head=..."
+            )
         self.head = head
+        self._record = _HeadRecord(self.model)
         if device is None:
             first = next(self.model.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
@@ -247,6 +249,7 @@ class GradientProxyCallback:
         idx = check_indices(indices)
         proxies: list[Tensor] = []
         losses: list[Tensor] = []
+        self._record.clear()
         with eval_mode(self.model), self._fork_rng(), torch.no_grad():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
@@ -281,6 +284,47 @@ class GradientProxyCallback:
             return torch.empty(0, device=self.device)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
+    def head_parameters(self) -> list[Tensor] | None:
+        """The head's weight (and bias) when the closed-form quadratic model of the head applies
+        (cross-entropy on a final ``nn.Linear``), else ``None``."""
+        if self._loss != "cross_entropy" or not isinstance(self.head, nn.Linear):
+            return None
+        return [p for p in (self.head.weight, self.head.bias) if p is not None]
+
+    def head_terms(
+        self, indices: Sequence[int], weights: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Gradient and exact Hessian diagonal of ``mean_i w_i ℓ_i`` over ``indices`` with
+        respect to :meth:`head_parameters`
+        (:func:`~coreset_sampler.gradients.cross_entropy_head_terms`), from the last proxy pass
+        when it covered these examples and the model has not changed since (no forward pass
+        then), else from one forward pass in eval mode."""
+        if self.head_parameters() is None:
+            raise ValueError(
+                "head_terms needs cross-entropy on a final nn.Linear (loss='cross_entropy' and a "
+                "model with an nn.Linear, or head=...)"
+            )
+        idx = check_indices(indices)
+        found = self._record.lookup(idx)
+        if found is None:
+            self._record.clear()
+            with eval_mode(self.model), self._fork_rng(), torch.no_grad():
+                for start in range(0, len(idx), self.batch_size):
+                    self._forward(idx[start : start + self.batch_size], features=True)
+            found = self._record.lookup(idx)
+            if found is None:
+                raise ValueError(
+                    "the model's output is not the output of its head (the last nn.Linear, or "
+                    "head=...): the head's closed-form quadratic model does not apply; pass "
+                    "curvature='hutchinson' to the monitor, or the right head= here"
+                )
+        logits, feats, targets = found
+        assert self.head is not None
+        return cross_entropy_head_terms(
+            logits, targets, feats, weights.to(logits), weight=self.weight,
+            label_smoothing=self.label_smoothing, bias=self.head.bias is not None,
+        )  # fmt: skip
+
     # -- internals ------------------------------------------------------------------------
 
     def _batch(self, indices: list[int]) -> tuple[Any, Any]:
@@ -296,13 +340,18 @@ class GradientProxyCallback:
     def _forward(
         self, indices: list[int], *, features: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Outputs and targets of ``indices``; with ``features``, the head's input too (and,
+        where the head's output is the model's output, a record of the three for
+        :meth:`head_terms`)."""
         inputs, targets = self._batch(indices)
         feats: list[Tensor] = []
+        head_out: list[Any] = []
         handle = None
         if features and self.head is not None:
 
-            def hook(_m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+            def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
                 feats.append(args[0])
+                head_out.append(out)
 
             handle = self.head.register_forward_hook(hook)
         try:
@@ -319,6 +368,8 @@ class GradientProxyCallback:
                 f"model(inputs) returned shape {tuple(outputs.shape)} for {len(indices)} indices; "
                 f"expected {len(indices)} rows"
             )
+        if feats and head_out[-1] is outputs and feats[-1].ndim == 2:
+            self._record.add(indices, outputs.detach(), feats[-1].detach(), targets)
         return outputs, targets, (feats[-1] if feats else None)
 
     def _per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -344,7 +395,8 @@ class GradientProxyCallback:
         return self._per_sample(outputs, targets)
 
     def _proxies_of(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        outputs, targets, feats = self._forward(indices, features=self.proxy == "last_layer")
+        wanted = self.proxy == "last_layer" or self.head_parameters() is not None
+        outputs, targets, feats = self._forward(indices, features=wanted)
         losses = self._per_sample(outputs, targets)
         if self._loss == "cross_entropy":
             g = cross_entropy_logit_grad(
@@ -390,3 +442,42 @@ def _dataset_loader(data: Any, collate: Callable[[list[Any]], Any]) -> Callable[
         return collate([data[i] for i in indices])
 
     return load
+
+
+class _HeadRecord:
+    """The head's outputs, inputs and the targets of the examples of the last forward passes,
+    valid while the model's parameters are unchanged (their version counters)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: dict[int, int] = {}
+        self.parts: list[tuple[Tensor, Tensor, Any]] = []
+        self.joined: tuple[Tensor, Tensor, Any] | None = None
+        self.version: tuple[int, ...] | None = None
+
+    def add(self, indices: list[int], logits: Tensor, feats: Tensor, targets: Any) -> None:
+        version = self._version()
+        if self.version != version:
+            self.clear()
+            self.version = version
+        offset = sum(part[0].shape[0] for part in self.parts)
+        self.parts.append((logits, feats, targets))
+        self.joined = None
+        for k, i in enumerate(indices):
+            self.rows[i] = offset + k
+
+    def lookup(self, indices: list[int]) -> tuple[Tensor, Tensor, Any] | None:
+        if not self.parts or self.version != self._version():
+            return None
+        rows = [self.rows.get(i) for i in indices]
+        if any(r is None for r in rows):
+            return None
+        logits, feats, targets = (torch.cat([part[k] for part in self.parts]) for k in range(3))
+        at = torch.tensor(rows, dtype=torch.long, device=logits.device)
+        return logits[at], feats[at], targets[at]
+
+    def _version(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.model.parameters())
