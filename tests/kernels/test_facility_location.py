@@ -666,3 +666,41 @@ def test_a_precomputed_similarity_must_be_square_in_every_problem() -> None:
         greedy_facility_location(None, 1, similarity=torch.rand(3, 4, 5))
     out = greedy_facility_location(None, 2, similarity=torch.rand(3, 5, 5), method="naive")
     assert out.indices.shape == (3, 2)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_compiles_in_the_background_and_serves_with_pytorch_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the kernel is compiled for a dtype, "auto" starts compiling it in a background
+    thread (once) and answers with a PyTorch solver: the same picks, no stall."""
+    import threading
+
+    monkeypatch.setattr(_lazy, "_compiled_for", set())
+    monkeypatch.setattr(_lazy, "_compiling", {})
+    gate = threading.Event()
+    compiled: list[torch.dtype] = []
+
+    def slow_compile(dtype: torch.dtype) -> None:
+        gate.wait(5.0)
+        compiled.append(dtype)
+        _lazy._compiled_for.add(dtype)
+
+    monkeypatch.setattr(_lazy, "compile_now", slow_compile)
+    used: list[str] = []
+    for key, solver in list(fl._SOLVERS.items()):
+        monkeypatch.setitem(
+            fl._SOLVERS, key, lambda p, g, name=key[0], f=solver: used.append(name) or f(p, g)
+        )
+    x = rng_features(40, 4, 30, 5).float()
+    first = greedy_facility_location(x, 6)
+    second = greedy_facility_location(x, 6)
+    assert used == ["naive", "naive"] and len(_lazy._compiling) == 1  # one thread started
+    gate.set()
+    _lazy._compiling[torch.float32].join(5.0)
+    assert compiled == [torch.float32]
+    third = greedy_facility_location(x, 6)
+    assert used[-1] == "lazy"
+    assert torch.equal(first.indices, third.indices) and torch.equal(second.weights, third.weights)
+    explicit = greedy_facility_location(x.double(), 6, method="lazy")  # compiles right away
+    assert torch.equal(explicit.indices, third.indices)

@@ -13,6 +13,7 @@ greedy; the reasoning is in ``docs/facility_location.md``.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from ._torch import DENSE_MAX_ELEMENTS
 
 Array = npt.NDArray[Any]
 
+logger = logging.getLogger(__name__)
+
 _KINDS = {"neg_distance": 0, "exp": 1, "cosine": 2, "dot": 2}
 # up to this many points a problem's similarity matrix is stored (float64: 34 MB at 2048) and
 # the greedy is lazy; above, it is incremental, similarity rows recomputed from the features
@@ -68,14 +71,60 @@ def available() -> bool:
 def fits(p: Problem) -> bool:
     """Whether ``method="auto"`` runs the compiled kernel on ``p``: CPU features with a named
     similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the matrix-product
-    route, and numba installed."""
+    route, numba installed, and the kernel compiled for the working dtype (until it is, it is
+    compiled in the background while the PyTorch solvers serve: see :func:`ready`)."""
     return (
         p.features is not None
         and p.chunk_size is None
         and p.device.type == "cpu"
         and (p.features.shape[-1] <= LAZY_MAX_D or _from_products(p))
         and _jit.ENABLED
+        and ready(p.dtype)
     )
+
+
+# dtypes the kernel is compiled for (or loaded from numba's disk cache), and those being compiled
+_compiled_for: set[torch.dtype] = set()
+_compiling: dict[torch.dtype, threading.Thread] = {}
+_compiling_lock = threading.Lock()
+
+
+def ready(dtype: torch.dtype) -> bool:
+    """Whether the compiled kernel is ready for ``dtype`` features; if not, start compiling it
+    in a background thread (once) and say no: a first run would otherwise stall for the
+    compilation (about 20 s on a loaded 2-core machine, 1 s from numba's disk cache) in its
+    first selection. ``method="lazy"`` compiles in the caller's thread instead."""
+    if dtype in _compiled_for:
+        return True
+    with _compiling_lock:
+        if dtype not in _compiling:
+            thread = threading.Thread(
+                target=_compile_quietly, args=(dtype,), name="coreset_sampler-compile",
+                daemon=True,
+            )  # fmt: skip
+            _compiling[dtype] = thread
+            thread.start()
+    return False
+
+
+def compile_now(dtype: torch.dtype = torch.float32) -> None:
+    """Compile the kernel for ``dtype`` features (float32 or float64) in this thread: every
+    route (stored matrix, rows, matrix products) on tiny problems."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    feats = np.arange(8, dtype=np_dtype).reshape(1, 4, 2) ** 2
+    mask, k = np.ones((1, 4), dtype=np.bool_), np.array([2], dtype=np.int64)
+    for matrix_max in (_MATRIX_MAX, 0):  # the lazy and the incremental greedy
+        solve(feats, mask, k, 2, "neg_distance", 1e-7, matrix_max)
+    raw = np.abs(np.subtract.outer(np.arange(4.0), np.arange(4.0)))[None]
+    solve_matrix(raw, mask, k, 2, "neg_distance", 2, 1e-7)
+    _compiled_for.add(dtype)
+
+
+def _compile_quietly(dtype: torch.dtype) -> None:
+    try:
+        compile_now(dtype)
+    except Exception:  # (then "auto" keeps the PyTorch solvers; "lazy" raises in the caller)
+        logger.debug("compiling the kernel for %s failed", dtype, exc_info=True)
 
 
 def solve_problem(p: Problem, generator: torch.Generator | None = None) -> FacilityLocationResult:

@@ -1,0 +1,17 @@
+"""Test session set-up: the compiled kernel is compiled before the tests that time or route
+through it (in the library, ``method="auto"`` compiles it in the background on first use and
+uses the PyTorch solvers until it is ready)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coreset_sampler.kernels.facility_location import _lazy
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_kernel() -> None:
+    if _lazy.available():
+        for dtype in (torch.float32, torch.float64):
+            _lazy.compile_now(dtype)
