@@ -114,7 +114,7 @@ def test_accelerate_pattern_keeps_the_sampler_out_of_prepare() -> None:
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     assert len(losses) == 3 * len(sampler) == 24
     assert sampler.telemetry.num_selections >= 1
     assert sum(losses[-4:]) < sum(losses[:4])

@@ -194,6 +194,7 @@ def _crest_cases() -> dict[str, Callable[[], dict[str, Any]]]:
     full = _crest(
         batch_size=8, budget=0.4, seed=1, monitor=True, labels=True, losses=True,
         warmup_steps=3, drop_learned=DropLearned(window=2, max_fraction=0.1), pool_size=40,
+        pool_multiplier=5, check_size=40,  # (the defaults of 0.1)
     )  # fmt: skip
     exp = _crest(
         batch_size=6, budget=0.3, seed=2, monitor=True, similarity="exp", num_pools=3,
@@ -212,7 +213,17 @@ def _crest_cases() -> dict[str, Callable[[], dict[str, Any]]]:
         "crest/exp-monitor-drop-last": lambda: _run(exp(), 2),
         "crest/interval-cosine": lambda: _run(interval(), 2),
         "crest/rank-1-of-2": lambda: _run(
-            _crest(batch_size=10, budget=0.5, seed=4, num_replicas=2, rank=1, monitor=True)(), 2
+            _crest(
+                batch_size=10,
+                budget=0.5,
+                seed=4,
+                num_replicas=2,
+                rank=1,
+                monitor=True,
+                pool_multiplier=5,
+                check_size=10,
+            )(),
+            2,
         ),
         "crest/generator": lambda: _run(
             CrestBatchSampler(

@@ -198,7 +198,7 @@ def test_check_size_sets_the_check_sample() -> None:
 def test_interval_and_num_pools_adapt() -> None:
     # T1 after the anchors: 1, 3, 2; every check reselects
     mon = FakeMonitor(rhos=[1.0], intervals=[1, 3, 2])
-    s = make(2000, 8, monitor=mon, budget=0.04)  # 10 steps per epoch
+    s = make(2000, 8, monitor=mon, budget=0.04, pool_multiplier=5)  # 10 steps per epoch
     stream(s, 10)
     sel = s.telemetry.selections
     assert [r.step for r in sel] == [0, 1, 4, 6, 8]  # gaps 1, 3, then 2, 2
@@ -435,7 +435,7 @@ def test_weights_for_looks_up_exact_batches() -> None:
 
 def test_telemetry_records_and_counters() -> None:
     mon = FakeMonitor(rhos=[0.5], intervals=[2])
-    s = make(400, 8, monitor=mon, budget=0.2, telemetry_size=2)
+    s = make(400, 8, monitor=mon, budget=0.2, telemetry_size=2, pool_multiplier=5)
     stream(s)
     t = s.telemetry
     assert t.num_steps == 10 and t.num_selections == 5 and t.num_checks == 4

@@ -82,8 +82,10 @@ class CrestBatchSampler(PoolSampler):
         monitor: optional :class:`SelectionMonitor` that decides when to reselect.
         pool_size: r, examples per pool (default ``max(ceil(0.01·N), batch_size)``).
         num_pools: P of the first selection (and of every selection without a monitor).
-        pool_multiplier: b in P = min(b·T1, steps per epoch).
-        check_size: examples in the monitor's check sample (default ``pool_size``).
+        pool_multiplier: b in P = min(b·T1, steps per epoch) (default 1: the paper's 5 spends
+            five pools' forward passes per coreset that is used; see ``docs/algorithm.md``).
+        check_size: examples in the monitor's check sample (default ``batch_size``; the
+            paper's is ``pool_size``).
         reselect_every: steps between selections without a monitor (default 20).
         warmup_steps: uniform random batches before the first selection.
         similarity: ``"neg_distance"`` (C − ‖g_i − g_j‖, the paper's), ``"exp"`` (the
@@ -133,7 +135,7 @@ class CrestBatchSampler(PoolSampler):
         monitor: SelectionMonitor | None = None,
         pool_size: int | None = None,
         num_pools: int = 5,
-        pool_multiplier: int = 5,
+        pool_multiplier: int = 1,
         check_size: int | None = None,
         reselect_every: int | None = None,
         warmup_steps: int = 0,
@@ -185,7 +187,7 @@ class CrestBatchSampler(PoolSampler):
         else:
             self._policy = MonitorChecks(
                 monitor, num_pools=num_pools, pool_multiplier=pool_multiplier,
-                check_size=self._selection.pool_size if check_size is None else check_size,
+                check_size=m if check_size is None else check_size,
                 limit=least, over=over, steps_per_epoch=stream.num_steps,
                 agree=partial(agree, group), telemetry=self._telemetry,
             )  # fmt: skip
