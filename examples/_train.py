@@ -47,31 +47,47 @@ class Recipe:
     weight_decay: float = 5e-4
     warmup: float = 0.1  # fraction of the epochs with a linear warm-up
     milestones: tuple[float, ...] = (0.6, 0.85)  # fractions of the epochs, lr ×0.1 at each
+    schedule: str = "steps"  # "steps" (the milestones) or "cosine" (to 0 over the epochs)
 
 
 @dataclass
 class CrestConfig:
-    """CREST's knobs (defaults: the paper's, ``../docs/algorithm.md``)."""
+    """CREST's knobs; ``None`` keeps the library's default (``../docs/algorithm.md``)."""
 
-    threshold: float = 0.05  # τ: reselect when ρ > τ
-    interval_multiplier: float = 1.0  # h in T1 = ceil(h·‖H_0‖/‖H_ℓ‖)
+    threshold: float | None = None  # τ: reselect when ρ > τ
+    interval_multiplier: float | None = None  # h (the paper's rule: T1 = ceil(h·‖H_0‖/‖H_ℓ‖))
+    interval_rule: str | None = None  # "adaptive" (the library's) or "paper"
+    curvature: str | None = None  # "auto" (the head's closed form) or "hutchinson"
     warmup_epochs: float = 0.0  # uniform random batches first, in sampler epochs
-    pool_multiplier: int = 5  # b in P = min(b·T1, steps per epoch)
+    pool_multiplier: int | None = None  # b in P = min(b·T1, steps per epoch)
     pool_size: int | None = None  # r (default max(ceil(0.01·N), batch size))
-    check_size: int | None = None  # |V_r| (default r)
+    check_size: int | None = None  # |V_r| (default the batch size)
+
+    def monitor_options(self) -> dict[str, Any]:
+        names = ("threshold", "interval_multiplier", "interval_rule", "curvature")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def sampler_options(self) -> dict[str, Any]:
+        names = ("pool_multiplier", "pool_size", "check_size")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """The learning-rate multiplier at optimizer step ``k`` (for ``LambdaLR``).
 
     Defined in epochs, so every method (whatever its steps per epoch) follows the same schedule:
-    linear warm-up over the first ``warmup`` of the epochs, then ×0.1 at each milestone.
+    linear warm-up over the first ``warmup`` of the epochs, then ×0.1 at each milestone (or a
+    cosine decay to 0, ``schedule="cosine"``).
     """
     warmup_steps = recipe.warmup * recipe.epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
 
     def factor(k: int) -> float:
         epoch = k / steps_per_epoch
-        decay = 0.1 ** sum(epoch >= m * recipe.epochs for m in recipe.milestones)
+        if recipe.schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * min(k, total) / total))
+        else:
+            decay = 0.1 ** sum(epoch >= m * recipe.epochs for m in recipe.milestones)
         if k < warmup_steps:
             return decay * (k + 1) / warmup_steps
         return decay
@@ -132,15 +148,13 @@ def make_loader(
         sampler = RandomBatchSampler(train_set, batch_size, budget=budget, seed=seed)
     elif method == "crest":
         crest = crest or CrestConfig()
-        # the two objects of the README's ten-line loop: proxies for selection, and the
-        # monitor that decides when to reselect (tracking only the classifier, for speed);
+        # the README's lines: proxies for the selection and the monitor that decides when to
+        # reselect (with the callback's per_sample_loss it models the head in closed form);
         # train_set.batch loads a whole batch at once (the dataset itself works, item by item)
-        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
-        classifier = model.get_submodule("fc")
+        proxies = GradientProxyCallback(model, train_set.batch)
         monitor = QuadraticLossMonitor(
-            classifier.parameters(), proxies.per_sample_loss, module=model, seed=seed,
-            threshold=crest.threshold, interval_multiplier=crest.interval_multiplier,
-        )  # fmt: skip
+            model, proxies.per_sample_loss, seed=seed, **crest.monitor_options()
+        )
         steps_per_epoch = math.ceil(budget * len(train_set) / batch_size)
         sampler = CrestBatchSampler(
             train_set,
@@ -151,9 +165,7 @@ def make_loader(
             budget=budget,
             seed=seed,
             warmup_steps=round(crest.warmup_epochs * steps_per_epoch),
-            pool_multiplier=crest.pool_multiplier,
-            pool_size=crest.pool_size,
-            check_size=crest.check_size,
+            **crest.sampler_options(),
         )
     elif method == "craig":
         # CRAIG (Mirzasoleiman et al., ICML 2020): one weighted coreset of budget·N examples
@@ -289,10 +301,10 @@ def add_common_args(
     *,
     epochs: int,
     threads: int = 0,
-    tau: float | None = 0.05,
-    h: float | None = 1.0,
+    tau: float | None = None,
+    h: float | None = None,
     warmup_epochs: float = 0.0,
-    pool_multiplier: int = 5,
+    pool_multiplier: int | None = None,
 ) -> None:
     """Options every example takes."""
     parser.add_argument(
@@ -307,22 +319,29 @@ def add_common_args(
         "default); 1 is fastest for small models on a shared or small CPU",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--tau", type=float, default=tau, help="CREST: reselect when rho > tau")
-    parser.add_argument("--h", type=float, default=h, help="CREST: check-interval multiplier")
+    parser.add_argument(
+        "--tau", type=float, default=tau, help="CREST: reselect when rho > tau (default: the "
+        "library's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--h", type=float, default=h, help="CREST: check-interval multiplier (default: the "
+        "library's)",
+    )  # fmt: skip
     parser.add_argument(
         "--warmup-epochs", type=float, default=warmup_epochs, help="CREST: uniform random "
         "batches before the first selection, in (budget-sized) epochs",
     )  # fmt: skip
     parser.add_argument(
         "--pool-multiplier", type=int, default=pool_multiplier,
-        help="CREST: b in P = min(b*T1, steps per epoch) pools per selection",
+        help="CREST: b in P = min(b*T1, steps per epoch) pools per selection (default: the "
+        "library's)",
     )  # fmt: skip
     parser.add_argument(
         "--pool-size", type=int, default=None, help="CREST: examples per pool (default 1%% of N)"
     )
     parser.add_argument(
         "--check-size", type=int, default=None,
-        help="CREST: examples in the monitor's check sample (default: the pool size)",
+        help="CREST: examples in the monitor's check sample (default: the batch size)",
     )  # fmt: skip
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)

@@ -2,8 +2,10 @@
 
 One method per run, ``--method full|random|crest|craig``: SGD with momentum 0.9, batch 128, lr 0.1
 warmed up over the first 10% of the epochs, ×0.1 at 60% and 85%, weight decay 5e-4, 200 epochs,
-random crop 32 with padding 4 plus horizontal flip; CREST at a 10% budget with the paper's τ
-and h (Table 6: CIFAR-10 τ=0.05, h=1; CIFAR-100 τ=0.01, h=10).
+random crop 32 with padding 4 plus horizontal flip; CREST at a 10% budget with the paper's rule
+(``--rule paper``, the default here: T1 = ceil(h·‖H_0‖/‖H_ℓ‖), Hutchinson's diagonal over the
+network, P = 5·T1, a check sample of one pool) and its τ and h (Table 6: CIFAR-10 τ=0.05, h=1;
+CIFAR-100 τ=0.01, h=10), or with the library's defaults (``--rule library``).
 
 The data are the standard python tarballs (``cifar-10-python.tar.gz``,
 ``cifar-100-python.tar.gz``), read in place with numpy and pickle; a missing tarball is
@@ -20,6 +22,7 @@ methods compare through their JSON files (relative error and speedup against ``f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Any
@@ -45,11 +48,29 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
+def _paper_rule(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """The paper's rule, pools and check sample (``--pool-multiplier``, ``--check-size``
+    override them)."""
+    pool_size = args.pool_size or max(math.ceil(0.01 * n), args.batch_size)
+    return {
+        "interval_rule": "paper", "curvature": "hutchinson",
+        "pool_multiplier": args.pool_multiplier or 5, "check_size": args.check_size or pool_size,
+    }  # fmt: skip
+
+
+def _num(value: float | None) -> str:
+    return "library default" if value is None else f"{value:g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(SETUPS), default="cifar10")
     parser.add_argument("--method", choices=METHODS, default="crest")
     add_common_args(parser, epochs=200, tau=None, h=None)  # None: the paper's (τ, h)
+    parser.add_argument(
+        "--rule", choices=("paper", "library"), default="paper",
+        help="CREST: the paper's rule, tau and h (default), or the library's defaults",
+    )  # fmt: skip
     parser.add_argument("--data-dir", default="data", help="where the tarball is (or goes)")
     parser.add_argument("--no-download", action="store_true", help="never download")
     parser.add_argument(
@@ -61,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     setup = SETUPS[args.dataset]
-    tau = setup["tau"] if args.tau is None else args.tau
-    h = setup["h"] if args.h is None else args.h
+    paper = args.rule == "paper"
+    tau = setup["tau"] if args.tau is None and paper else args.tau
+    h = setup["h"] if args.h is None and paper else args.h
     device = torch.device(args.device)
     set_threads(args.threads)
     try:
@@ -79,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     num_classes = CIFAR[args.dataset]["num_classes"]
     print(
         f"{args.dataset}: {len(train_set)} train / {len(test_set)} test; {setup['model_name']}; "
-        f"{args.method}, budget {args.budget:g}, tau {tau:g}, h {h:g}; {recipe.epochs} epochs, "
-        f"batch {recipe.batch_size}, lr {recipe.lr:g}; device {device}",
+        f"{args.method}, budget {args.budget:g}, {args.rule} rule, tau {_num(tau)}, h {_num(h)}; "
+        f"{recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr:g}; device {device}",
         flush=True,
     )
     seed_everything(args.seed)
@@ -90,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.method, model, train_set, test_set, labels, recipe,
         budget=args.budget, seed=args.seed, device=device, num_workers=args.num_workers,
         augment=True, max_steps=args.max_steps,
-        crest=crest_config(args, threshold=tau, interval_multiplier=h),
+        crest=crest_config(args, threshold=tau, interval_multiplier=h, **(
+            _paper_rule(args, len(train_set)) if paper else {}
+        )),
     )  # fmt: skip
     out = args.out
     if out is None:

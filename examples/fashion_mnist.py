@@ -6,10 +6,8 @@ Trains a small CNN three times with the same epochs and learning-rate schedule (
 * ``full``: every example every epoch (a shuffled DataLoader);
 * ``random``: ``budget`` of the steps, uniform random batches (``RandomBatchSampler``);
 * ``crest``: ``budget`` of the steps, CREST's weighted mini-batch coresets
-  (``CrestBatchSampler`` with ``GradientProxyCallback`` and ``QuadraticLossMonitor``), after
-  one warm-up epoch of random batches, with h = 4 and P = T1 pools per selection (the paper's
-  h = 1 and P = 5·T1 spend most of a CPU run on selections and checks: see
-  ``docs/benchmarks/end_to_end.md``).
+  (``CrestBatchSampler`` with ``GradientProxyCallback`` and ``QuadraticLossMonitor``, with the
+  library's defaults, as in the README: see ``docs/benchmarks/end_to_end.md``).
 
 It prints one line per epoch, then a table with test accuracy, relative error to full,
 training wall time, effective speedup (full time / method time, every sampler overhead
@@ -53,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="full,random,crest",
         help="comma-separated, from full,random,crest,craig",
     )
-    # CREST as tuned for this CPU run (docs/benchmarks/end_to_end.md): a warm-up epoch of
-    # random batches (as in the authors' code), h = 4, and P = T1 pools per selection;
-    # the paper's defaults are --warmup-epochs 0 --h 1 --pool-multiplier 5
-    add_common_args(parser, epochs=10, threads=1, h=4.0, warmup_epochs=1.0, pool_multiplier=1)
+    # CREST with the library's defaults (the README's lines; docs/benchmarks/end_to_end.md)
+    add_common_args(parser, epochs=10, threads=1)
     parser.add_argument("--data-dir", default=FASHION_MNIST_DIR)
     parser.add_argument("--width", type=int, default=16, help="channels of the first conv")
     parser.add_argument(

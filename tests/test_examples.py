@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import pickle
 import struct
 import sys
@@ -29,7 +30,7 @@ import cifar  # noqa: E402
 import fashion_mnist  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _train import Recipe, augment_crop_flip, lr_factor  # noqa: E402
+from _train import CrestConfig, Recipe, augment_crop_flip, lr_factor  # noqa: E402
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -184,6 +185,12 @@ def test_lr_schedule_warm_up_and_steps() -> None:
     assert factor(120) == pytest.approx(0.1) and factor(170) == pytest.approx(0.01)
 
 
+def test_lr_schedule_cosine() -> None:
+    factor = lr_factor(Recipe(epochs=10, warmup=0.0, schedule="cosine"), steps_per_epoch=10)
+    assert factor(0) == 1.0 and factor(50) == pytest.approx(0.5) and factor(100) == 0.0
+    assert factor(25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
 # --------------------------------------------------------------------------- CIFAR
 
 
@@ -268,6 +275,36 @@ def test_cifar_example_runs(
     assert json.loads(out.read_text())["results"][method]["steps"] == 2
 
 
+@pytest.mark.parametrize("rule", ["paper", "library"])
+def test_cifar_rule_builds_the_paper_or_the_library_configuration(
+    rule: str,
+    cifar_dir: tuple[Path, dict[str, Any]],
+    fake_md5: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Built(Exception):
+        pass
+
+    def record(*args: Any, crest: CrestConfig, **kwargs: Any) -> None:
+        raise Built(crest)  # what the script would train with; no training
+
+    monkeypatch.setattr(cifar, "train_one", record)
+    argv = ["--dataset", "cifar100", "--data-dir", str(cifar_dir[0]), "--rule", rule,
+            "--batch-size", "8", "--out", ""]  # fmt: skip
+    with pytest.raises(Built) as built:
+        cifar.main(argv)
+    crest = built.value.args[0]
+    if rule == "paper":  # Table 6's τ and h, the paper's interval, curvature, pools and check
+        assert (crest.threshold, crest.interval_multiplier) == (0.01, 10.0)
+        assert crest.monitor_options() == {
+            "threshold": 0.01, "interval_multiplier": 10.0, "interval_rule": "paper",
+            "curvature": "hutchinson",
+        }  # fmt: skip
+        assert crest.sampler_options() == {"pool_multiplier": 5, "check_size": 8}  # r = 8
+    else:  # nothing set: every knob is the library's default
+        assert crest.monitor_options() == {} and crest.sampler_options() == {}
+
+
 def test_fashion_mnist_example_with_workers(
     fashion_dir: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -277,7 +314,7 @@ def test_fashion_mnist_example_with_workers(
             "--warmup-epochs", "0", "--out", ""]  # fmt: skip
     result = fashion_mnist.main(argv)["results"]["crest"]
     assert result["steps"] == 2 and result["selections"] >= 1 and result["rel_err"] is None
-    # by default the example's first epoch is the warm-up: random batches, no selection
+    # with a warm-up epoch, the one epoch is random batches: no selection
     argv[argv.index("--warmup-epochs") + 1] = "1"
     warm = fashion_mnist.main(argv)["results"]["crest"]
     assert warm["steps"] == 2 and warm["selections"] == 0
