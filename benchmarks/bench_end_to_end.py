@@ -11,11 +11,16 @@ breakdown from the sampler's telemetry.
 Methods:
 
 * ``full``: every example every epoch;
-* ``random``: ``budget`` of the steps, uniform random batches;
+* ``random``, ``random-0.2``, ``random-0.3``: uniform random batches, ``budget`` (or 20%, 30%)
+  of the steps: random batches given about the time CREST takes;
 * ``craig``: CRAIG, one weighted per-class coreset of ``budget · N`` examples per epoch;
-* ``crest``: CREST as the example runs it (one warm-up epoch of random batches, h = 4,
-  P = T1 pools per selection);
-* ``crest-paper``: CREST with the paper's defaults (no warm-up, h = 1, P = 5·T1).
+* ``crest``: CREST with the library's defaults, built as the README's lines build it;
+* ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
+  P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
+
+Configurations (``--arch``): ``cnn``, the SmallCNN of ``examples/fashion_mnist.py`` with its
+recipe (SGD, warm-up, ×0.1 at 60% and 85%); ``mlp``, a 784-256-128-10 MLP (no BatchNorm) with a
+cosine schedule from lr 0.05.
 
     python benchmarks/bench_end_to_end.py                        # 3 seeds, all methods
     python benchmarks/bench_end_to_end.py --jobs 2 --out results/end_to_end
@@ -40,14 +45,30 @@ from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-# name -> (train_one method, CrestConfig overrides)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "full": ("full", {}),
-    "random": ("random", {}),
-    "craig": ("craig", {}),
-    "crest": ("crest", {"interval_multiplier": 4.0, "warmup_epochs": 1.0, "pool_multiplier": 1}),
-    "crest-paper": ("crest", {}),
+PAPER: dict[str, Any] = {
+    "interval_rule": "paper",
+    "curvature": "hutchinson",
+    "pool_multiplier": 5,
+    "check_size": 600,
+    "threshold": 0.05,
+    "interval_multiplier": 1.0,
 }
+# name -> (train_one method, budget (None: --budget), CrestConfig overrides)
+VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
+    "full": ("full", None, {}),
+    "random": ("random", None, {}),
+    "random-0.2": ("random", 0.2, {}),
+    "random-0.3": ("random", 0.3, {}),
+    "craig": ("craig", None, {}),
+    # the library's defaults: the README's lines, no knob set
+    "crest": ("crest", None, {}),
+    # the paper's rule: T1 from the curvature ratio, P = 5·T1, a check sample of r, τ = 0.05,
+    # h = 1, the whole network's Hutchinson diagonal
+    "crest-paper": ("crest", None, PAPER),
+}
+# the second configuration: another architecture family (an MLP, no BatchNorm) and another
+# learning-rate schedule (cosine from 0.05, no warm-up)
+ARCHS = ("cnn", "mlp")
 PARTS = ("proxies_s", "kernel_s", "anchor_s", "check_s", "other_s")
 
 
@@ -63,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--out", default="results/end_to_end", help="output directory")
     parser.add_argument("--resume", action="store_true", help="reuse runs in <out>/runs.jsonl")
+    parser.add_argument(
+        "--arch", choices=ARCHS, default="cnn", help="cnn: SmallCNN, the example's recipe; "
+        "mlp: a 784-256-128-10 MLP, cosine schedule from lr 0.05",
+    )  # fmt: skip
     return parser
 
 
@@ -72,7 +97,7 @@ def run_one(name: str, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
     from _data import FASHION_MNIST_DIR, ImageDataset, load_fashion_mnist
-    from _nets import SmallCNN
+    from _nets import SmallCNN, mlp
     from _train import CrestConfig, Recipe, seed_everything, set_threads, train_one
 
     set_threads(1)
@@ -82,13 +107,18 @@ def run_one(name: str, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
         images, labels = images[: opts["train_subset"]], labels[: opts["train_subset"]]
     train_set = ImageDataset(images, labels)
     test_set = ImageDataset(*data["test"], mean=train_set.mean, std=train_set.std)
-    method, overrides = VARIANTS[name]
+    method, budget, overrides = VARIANTS[name]
     seed_everything(seed)
-    model = SmallCNN(in_channels=1, num_classes=10, width=16)
+    if opts["arch"] == "mlp":
+        model: Any = mlp()
+        recipe = Recipe(epochs=opts["epochs"], lr=0.05, warmup=0.0, schedule="cosine")
+    else:
+        model = SmallCNN(in_channels=1, num_classes=10, width=16)
+        recipe = Recipe(epochs=opts["epochs"])
     result = train_one(
-        method, model, train_set, test_set, np.asarray(labels), Recipe(epochs=opts["epochs"]),
-        budget=opts["budget"], seed=seed, device=torch.device("cpu"),
-        max_steps=opts["max_steps"], crest=CrestConfig(**overrides),
+        method, model, train_set, test_set, np.asarray(labels), recipe,
+        budget=opts["budget"] if budget is None else budget, seed=seed,
+        device=torch.device("cpu"), max_steps=opts["max_steps"], crest=CrestConfig(**overrides),
     )  # fmt: skip
     result.pop("history", None)
     return {"name": name, "seed": seed, **result}
@@ -177,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = {(r["name"], r["seed"]) for r in runs}
     todo = [(n, s) for s in args.seeds for n in names if (n, s) not in done]
     opts = {k: getattr(args, k) for k in ("data_dir", "train_subset", "epochs", "budget",
-                                          "max_steps")}  # fmt: skip
+                                          "max_steps", "arch")}  # fmt: skip
     print(f"{len(todo)} runs to do ({len(done)} reused), {args.jobs} at a time", flush=True)
     start = time.perf_counter()
     # spawn: every run starts from a fresh interpreter (no state shared between runs)
@@ -210,7 +240,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(table + "\n")
     print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+    plot = plot_accuracy_time(
+        [r for r in runs if r["seed"] in args.seeds], out / "accuracy_time.png"
+    )
+    if plot is not None:
+        print(f"wrote {plot}")
     return report
+
+
+def plot_accuracy_time(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against training seconds, one point per run (method and seed), when
+    matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name in dict.fromkeys(r["name"] for r in runs):
+        rs = [r for r in runs if r["name"] == name]
+        ax.scatter([r["seconds"] for r in rs], [100 * r["test_acc"] for r in rs], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds (log scale; every sampler overhead included)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Models of the examples: a small CNN, ResNet-20 (CIFAR-10) and the CIFAR ResNet-18 (CIFAR-100).
+"""Models of the examples: a small CNN, ResNet-20 (CIFAR-10) and the CIFAR ResNet-18 (CIFAR-100),
+and the end-to-end benchmark's second family, an MLP without BatchNorm.
 
-Each has its classifier as ``model.fc`` (an ``nn.Linear``), which the examples hand to the
-quadratic-loss monitor.
+Each ends in an ``nn.Linear`` classifier (``model.fc`` for the CNNs, the last layer of the MLP),
+which the quadratic-loss monitor models in closed form.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logits: Tensor = self.fc(self.features(x))
         return logits
+
+
+def mlp(in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
+    """A 784-256-128-10 MLP with ReLUs and no normalisation (28×28 inputs, flattened)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 256), nn.ReLU(),
+        nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )  # fmt: skip
 
 
 class _BasicBlock(nn.Module):

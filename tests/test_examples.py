@@ -324,7 +324,9 @@ def test_fashion_mnist_example_with_workers(
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import bench_crest_ablation  # noqa: E402
 import bench_end_to_end  # noqa: E402
+import bench_proxies  # noqa: E402
 
 
 def _run_record(name: str, seed: int, acc: float, seconds: float, **extra: float) -> dict[str, Any]:
@@ -370,3 +372,42 @@ def test_bench_end_to_end_runs(fashion_dir: tuple[Path, dict[str, Any]], tmp_pat
     again = bench_end_to_end.main([*argv, "--resume"])
     assert again["summary"]["crest"]["test_acc"] == summary["crest"]["test_acc"]
     assert len((tmp_path / "e2e" / "runs.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"method": "random"},
+        {"method": "crest", "arch": "mlp", "schedule": "cosine", "lr": 0.05},
+        {"method": "crest", "monitor": {"enabled": False}, "sampler": {"drop_learned": {}}},
+    ],
+)
+def test_bench_crest_ablation_run(
+    cfg: dict[str, Any], fashion_dir: tuple[Path, dict[str, Any]]
+) -> None:
+    full = {**cfg, "seed": 0, "epochs": 1, "budget": 0.5, "data_dir": str(fashion_dir[0]),
+            "threads": 0}  # fmt: skip
+    out = bench_crest_ablation.run(full)
+    assert out["cfg"] == full and 0.0 <= out["test_acc"] <= 1.0 and out["train_s"] > 0
+    assert out["selections"] >= (0 if cfg["method"] == "random" else 1)
+
+
+def test_bench_crest_ablation_appends_one_line_per_run(
+    fashion_dir: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    cfg = json.dumps({"method": "random", "epochs": 1, "data_dir": str(fashion_dir[0])})
+    out = tmp_path / "a.jsonl"
+    bench_crest_ablation.main([cfg, "--seeds", "0", "1", "--jobs", "2", "--out", str(out)])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["cfg"]["seed"] for x in lines) == [0, 1]
+    assert all("error" not in x and 0.0 <= x["test_acc"] <= 1.0 for x in lines)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_bench_proxies_runs(arch: str, fashion_dir: tuple[Path, dict[str, Any]]) -> None:
+    argv = ["--arch", arch, "--data-dir", str(fashion_dir[0]), "--examples", "64",
+            "--batch-size", "32", "--train-batch", "16", "--repeats", "1",
+            "--threads", "0"]  # fmt: skip
+    rates = bench_proxies.main(argv)
+    assert set(rates) == {"bare", "bare+load", "callback", "losses", "train step"}
+    assert all(r > 0 for r in rates.values())
