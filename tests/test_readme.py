@@ -9,11 +9,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def python_blocks(path: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def code_only(block: str) -> list[str]:
+    """The lines of a code block without comments and trailing spaces."""
+    return [line.split("#")[0].rstrip() for line in block.splitlines()]
 
 
 def test_readme_has_the_two_examples() -> None:
@@ -41,6 +47,16 @@ def test_training_loop_example_runs() -> None:
     assert len(sampler) == 1  # ceil(0.1 · 600 / 128)
     assert sampler.telemetry.num_selections >= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_docs_quickstart_is_the_readme_code() -> None:
+    # the README's lines, the sampler guide's quickstart and the example build CREST alike
+    quickstart = python_blocks(ROOT / "docs" / "sampler.md")[0]
+    assert code_only(quickstart) == code_only(python_blocks()[0])
+    example = (ROOT / "examples" / "_train.py").read_text(encoding="utf-8")
+    example = re.sub(r"\(\s+", "(", " ".join(example.split()))  # one line, no wrapping
+    assert "GradientProxyCallback(model, train_set.batch)" in example
+    assert "QuadraticLossMonitor(model, proxies.per_sample_loss, seed=seed," in example
 
 
 def test_kernel_example_runs() -> None:
