@@ -295,6 +295,29 @@ def test_a_state_saved_before_the_first_batch_resumes_like_a_fresh_start(name: s
     assert stream(resumed) + stream(resumed) == expected
 
 
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("where", ["after the pass", "after the last batch", "set_epoch"])
+def test_a_state_saved_at_an_epoch_boundary_resumes_the_next_epoch(name: str, where: str) -> None:
+    build = _samplers()[name]
+    reference = build()
+    stream(reference)
+    expected = stream(reference) + stream(reference)  # epochs 1 and 2
+    run = build()
+    if where == "after the last batch":  # the pass is not finished: its end was not observed
+        batches = iter(run)
+        for _ in range(len(run)):
+            next(batches)
+    else:
+        stream(run)
+    saved = json.loads(json.dumps(run.state_dict()))
+    resumed = build()
+    resumed.load_state_dict(saved)
+    if where == "set_epoch":  # the loop's usual call at the top of epoch 1
+        resumed.set_epoch(1)
+    assert stream(resumed) + stream(resumed) == expected
+    assert resumed.epoch == reference.epoch == 3
+
+
 def test_a_monitor_without_state_methods_is_used_as_it_is() -> None:
     class Bare:
         interval = 2

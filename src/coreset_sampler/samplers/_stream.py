@@ -130,8 +130,9 @@ class BudgetedStream(Stateful):
         saved random streams), else the epoch's streams are drawn afresh."""
         if self.resume:
             self.resume = False
-            if self.step_in_epoch < self.num_steps:
+            if 0 < self.step_in_epoch < self.num_steps:
                 return True
+            # a state saved at an epoch boundary: the epoch starts afresh, as it would have
         if self.step_in_epoch >= self.num_steps:
             # a complete pass whose end was not observed (state saved after its last batch)
             self.epoch += 1
