@@ -318,6 +318,22 @@ def test_a_state_saved_at_an_epoch_boundary_resumes_the_next_epoch(name: str, wh
     assert resumed.epoch == reference.epoch == 3
 
 
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+def test_a_loop_that_breaks_out_early_gets_new_batches_and_set_epoch_repeats(name: str) -> None:
+    reference = _samplers()[name]()
+    epochs = [stream(reference) for _ in range(3)]
+    s = _samplers()[name]()
+    first = stream(s, 2)
+    assert first == epochs[0][:2]
+    second = stream(s, 2)  # like torch's samplers: the next pass, new batches (the next epoch)
+    assert s.epoch == 1 and second != first
+    if name in ("random", "craig"):  # (CREST's and k-center's coresets carry over the passes)
+        assert second == epochs[1][:2]
+        s.set_epoch(1)  # the epoch it is in, again from its start
+        assert stream(s) == epochs[1]
+        assert stream(s) == epochs[2]
+
+
 def test_a_monitor_without_state_methods_is_used_as_it_is() -> None:
     class Bare:
         interval = 2

@@ -62,12 +62,23 @@ def test_resume_continues_the_epoch_and_its_streams() -> None:
     b = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None,
                        streams=("x",))  # fmt: skip
     b.load_state_dict(a.state_dict())
+    b.set_epoch(0)  # the loaded state's epoch, before its pass: a no-op
     assert b.begin_pass()  # resumed mid-epoch
     assert b.step_in_epoch == 1 and b.rngs["x"].random() == a.rngs["x"].random()
-    b.set_epoch(0)  # the epoch it is in: a no-op
-    assert b.step_in_epoch == 1
+    b.advance()
+    b.set_epoch(0)  # during the pass (no state loaded since): epoch 0 again, from its start
+    assert (b.epoch, b.step_in_epoch) == (0, 0) and not b.begin_pass()
+    b.advance()
     b.set_epoch(2)
     assert (b.epoch, b.step_in_epoch) == (2, 0) and not b.begin_pass()
+
+
+def test_a_pass_left_early_is_followed_by_the_next_epoch() -> None:
+    s = BudgetedStream(50, 5, budget=1.0, drop_last=False, seed=0, generator=None)
+    s.begin_pass()
+    s.advance()  # the loop broke out after one batch
+    assert not s.begin_pass() and (s.epoch, s.step_in_epoch) == (1, 0)
+    assert not s.begin_pass() and s.epoch == 1  # a pass that yielded nothing: the same epoch
 
 
 def test_coreset_cycle_yields_each_coreset_once_per_pass_in_fresh_orders() -> None:

@@ -64,11 +64,14 @@ class BudgetedSampler(Sampler[list[int]]):
         return self._stream.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next pass; its random streams derive from ``(seed, epoch)``.
+        """Set the epoch of the next pass, from its start; its random streams derive from
+        ``(seed, epoch)``.
 
-        Without calls to it the epoch advances by one after each complete pass. Setting the
-        epoch the sampler is already in is a no-op (so a resumed mid-epoch state survives the
-        usual ``sampler.set_epoch(epoch)`` at the top of the loop).
+        Without calls to it the epoch advances by one after each pass, complete or left early
+        (a loop that breaks out gets new batches at its next pass, as with torch's samplers).
+        After :meth:`load_state_dict`, setting the loaded state's own epoch is a no-op, so a
+        resumed mid-epoch state survives the usual ``sampler.set_epoch(epoch)`` at the top of
+        the loop.
         """
         self._stream.set_epoch(epoch)
 

@@ -116,10 +116,11 @@ class BudgetedStream(Stateful):
         self.resume = False  # a loaded state continues its epoch at the next __iter__
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next pass (a no-op for the epoch it is already in)."""
+        """Set the epoch of the next pass, from its start (but a loaded state's own epoch
+        continues where it was saved)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch should be a non-negative integer, but got epoch={epoch!r}")
-        if epoch == self.epoch:
+        if epoch == self.epoch and self.resume:
             return
         self.epoch = epoch
         self.step_in_epoch = 0
@@ -133,8 +134,10 @@ class BudgetedStream(Stateful):
             if 0 < self.step_in_epoch < self.num_steps:
                 return True
             # a state saved at an epoch boundary: the epoch starts afresh, as it would have
-        if self.step_in_epoch >= self.num_steps:
-            # a complete pass whose end was not observed (state saved after its last batch)
+        if self.step_in_epoch > 0:
+            # the last pass was left without its end being observed (a loop that broke out,
+            # or a state saved after its last batch): like torch's samplers, a new pass gives
+            # new batches, those of the next epoch
             self.epoch += 1
         self.step_in_epoch = 0
         if self.streams:
