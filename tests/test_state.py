@@ -148,9 +148,9 @@ def test_crest_refuses_other_labels_pools_dropping_and_bad_values() -> None:
     with pytest.raises(ValueError, match=r"saved with labels='300 labels, 3 classes, crc32"):
         crest(labels=np.arange(n) % 4).load_state_dict(state)
     with pytest.raises(
-        ValueError, match=r"saved with pool_size=10 but this sampler has pool_size=20"
+        ValueError, match=r"saved with pool_size=20 but this sampler has pool_size=30"
     ):
-        crest(pool_size=20).load_state_dict(state)
+        crest(pool_size=30).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with drop_learned='DropLearned\(threshold=0.1"):
         crest(drop_learned=DropLearned(window=5)).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with monitor=False but this sampler has"):

@@ -175,11 +175,11 @@ def test_reselects_exactly_when_rho_exceeds_tau() -> None:
     assert [r.step for r in s.telemetry.selections] == [0, 4, 8]
     assert [r.reason for r in s.telemetry.selections] == ["initial", "check", "check"]
     assert len(cb.calls) == len(mon.anchors) == 3
-    # every anchor gets the fresh coresets, mean-1 weights and r random active examples
+    # every anchor gets the fresh coresets, mean-1 weights and m random active examples
     for coresets, weights, check in mon.anchors:
         assert all(len(c) == 8 for c in coresets)
         assert all(abs(float(w.mean()) - 1.0) < 1e-6 and w.dtype == torch.float32 for w in weights)
-        assert len(check) == s.pool_size == len(set(check))
+        assert len(check) == s.check_size == 8 == len(set(check))
     assert mon.anchors[-1][0] == s.coresets
 
 
@@ -187,7 +187,7 @@ def test_check_size_sets_the_check_sample() -> None:
     mon = FakeMonitor(rhos=[1.0], intervals=[1])
     s = make(400, 8, monitor=mon, budget=0.3, check_size=37)
     stream(s, 3)
-    assert s.check_size == 37 and s.pool_size == 8  # max(ceil(0.01·400), 8)
+    assert s.check_size == 37 and s.pool_size == 16  # max(ceil(0.01·400), 2·8)
     assert [len(set(check)) for _, _, check in mon.anchors] == [37, 37, 37]
     with pytest.raises(ValueError, match="check_size should be a positive integer"):
         make(400, 8, monitor=mon, check_size=0)
@@ -690,15 +690,22 @@ def test_a_class_too_small_for_a_pick_in_a_pool_is_skipped() -> None:
 
 def test_boundaries_are_accepted() -> None:
     n = 100
-    # the batch may be the whole smallest active set, the check sample too
-    s = CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
-                          monitor=FakeMonitor([0.0]), check_size=80)  # fmt: skip
+    # the batch may be the whole smallest active set, the check sample too (a pool of one
+    # batch selects nothing: a warning says so)
+    with pytest.warns(UserWarning, match=r"pool_size=80 equals batch_size: every coreset is"):
+        s = CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
+                              monitor=FakeMonitor([0.0]), check_size=80)  # fmt: skip
     assert len(next(iter(s))) == 80 and s.check_size == 80
-    with pytest.raises(ValueError, match="check_size=81 exceeds the smallest active set"):
+    with (
+        pytest.raises(ValueError, match="check_size=81 exceeds the smallest active set"),
+        pytest.warns(UserWarning, match="equals batch_size"),
+    ):
         CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
                           monitor=FakeMonitor([0.0]), check_size=81)  # fmt: skip
-    # the default pool: 1% of N, at least a batch
-    assert make(5000, 8).pool_size == 50 and make(400, 8).pool_size == 8
+    # the default pool: 1% of N, at least two batches, at most the smallest active set
+    assert make(5000, 8).pool_size == 50 and make(400, 8).pool_size == 16
+    with pytest.warns(UserWarning, match="equals batch_size"):  # 2·80 > 80 active at least
+        assert CrestBatchSampler(n, 80, callback=Proxies(n), budget=1.0).pool_size == 80
     assert len(CrestBatchSampler(12800, callback=Proxies(12800))) == 10  # batch_size 128
 
 

@@ -202,7 +202,7 @@ def test_errors() -> None:
 
 def test_defaults() -> None:
     s = KCenterBatchSampler(12800, callback=Proxies(12800, 3))
-    assert len(s) == 10 and s.pool_size == 128  # batch_size 128, budget 0.1, r = 1% of N
+    assert len(s) == 10 and s.pool_size == 256  # batch_size 128, budget 0.1, r = 2·m > 1% of N
     batches = batches_of(s)
     assert s.telemetry.num_selections == 1  # reselect_every 20 > 10 steps
     assert len(batches[0]) == 128

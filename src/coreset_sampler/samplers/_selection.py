@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -64,7 +65,8 @@ class PoolSelection(Stateful):
         num_samples: N.
         batch_size: m, the coreset size (a pool must hold at least one).
         labels: optional class of every example: pools are stratified by class.
-        pool_size: r (default ``max(ceil(0.01·N), m)``, at most ``limit``).
+        pool_size: r (default ``max(ceil(0.01·N), 2·m)``, at most ``limit``; equal to m, it
+            selects nothing: a warning says so).
         limit: the largest pool (the smallest active set), and ``over``, what the message
             for a larger one says.
         solve: turns the pools into coresets and weights.
@@ -85,7 +87,7 @@ class PoolSelection(Stateful):
         super().__init__()
         self.callback = check_callable("callback", callback)
         if pool_size is None:
-            pool_size = min(max(math.ceil(0.01 * num_samples), batch_size), limit)
+            pool_size = min(max(math.ceil(0.01 * num_samples), 2 * batch_size), limit)
         self.pool_size = check_positive_int("pool_size", pool_size)
         if batch_size > self.pool_size:
             raise ValueError(
@@ -94,6 +96,15 @@ class PoolSelection(Stateful):
             )
         if self.pool_size > limit:
             raise ValueError(f"pool_size={self.pool_size} {over}")
+        if self.pool_size == batch_size:
+            warnings.warn(
+                f"pool_size={self.pool_size} equals batch_size: every coreset is its whole pool, "
+                "with weights 1, so the batches are random batches; give a pool_size larger "
+                "than batch_size (the default is max(ceil(0.01·N), 2·batch_size), at most the "
+                "examples that can be active)",
+                UserWarning,
+                stacklevel=3,
+            )
         self.labels = check_labels(labels, num_samples)
         self.solve = solve
         self.add_config("pool_size", self.pool_size)

@@ -80,7 +80,7 @@ class CrestBatchSampler(PoolSampler):
         budget: fraction of a full-data epoch's batches to yield, in (0, 1].
         labels: optional class label of every example (length N) for stratified pools.
         monitor: optional :class:`SelectionMonitor` that decides when to reselect.
-        pool_size: r, examples per pool (default ``max(ceil(0.01·N), batch_size)``).
+        pool_size: r, examples per pool (default ``max(ceil(0.01·N), 2·batch_size)``).
         num_pools: P of the first selection (and of every selection without a monitor).
         pool_multiplier: b in P = min(b·T1, steps per epoch) (default 1: the paper's 5 spends
             five pools' forward passes per coreset that is used; see ``docs/algorithm.md``).

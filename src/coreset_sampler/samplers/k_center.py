@@ -58,7 +58,7 @@ class KCenterBatchSampler(PoolSampler):
             ignored), see :class:`~coreset_sampler.proxies.ProxyCallback`.
         budget: fraction of a full-data epoch's batches to yield, in (0, 1].
         labels: optional class label of every example (length N) for stratified pools.
-        pool_size: r, examples per pool (default ``max(ceil(0.01·N), batch_size)``).
+        pool_size: r, examples per pool (default ``max(ceil(0.01·N), 2·batch_size)``).
         num_pools: P, pools (and batches) per selection.
         reselect_every: steps between selections.
         drop_last: round ``budget · N / batch_size`` down instead of up.
