@@ -29,3 +29,20 @@ def test_weighted_index_and_with_weights() -> None:
     assert len(sub) == 4
     with pytest.raises(TypeError, match="return_index should be a boolean value"):
         WithWeights(ds, return_index=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_batch_sampler_given_as_sampler_is_refused(num_workers: int) -> None:
+    from torch.utils.data import DataLoader
+
+    from coreset_sampler import RandomBatchSampler
+
+    ds = TensorDataset(torch.randn(40, 3), torch.arange(40))
+    sampler = RandomBatchSampler(ds, 8, budget=0.5, seed=0)
+    wrong = DataLoader(WithWeights(ds), sampler=sampler, num_workers=num_workers)
+    with pytest.raises(TypeError, match=r"batch of 8 indices .* batch_sampler=sampler"):
+        next(iter(wrong))
+    right = DataLoader(WithWeights(ds), batch_sampler=sampler, num_workers=num_workers)
+    x, _, w = next(iter(right))
+    assert x.shape == (8, 3) and w.shape == (8,)
+    assert WithWeights(ds)[[1, 2]][0].shape == (2, 3)  # plain lists still reach the dataset

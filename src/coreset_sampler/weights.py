@@ -86,9 +86,12 @@ class WithWeights(Dataset[tuple[Any, ...]]):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
+        _check_index(index)
         return self._attach(self.dataset[index], index)
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, ...]]:
+        for i in indices:
+            _check_index(i)
         getitems = getattr(self.dataset, "__getitems__", None)
         items = getitems(indices) if callable(getitems) else [self.dataset[i] for i in indices]
         return [self._attach(item, i) for item, i in zip(items, indices, strict=True)]
@@ -101,3 +104,13 @@ class WithWeights(Dataset[tuple[Any, ...]]):
         if isinstance(item, tuple):
             return (*item, *extra)
         return (item, *extra)
+
+
+def _check_index(index: Any) -> None:
+    """Refuse a whole batch where an index belongs: a batch sampler given as ``sampler=``."""
+    if isinstance(index, (list, tuple)) and any(isinstance(i, WeightedIndex) for i in index):
+        raise TypeError(
+            f"WithWeights got a batch of {len(index)} indices where one index belongs: the "
+            "DataLoader was given a batch sampler as sampler=...; pass it as "
+            "DataLoader(dataset, batch_sampler=sampler)"
+        )
