@@ -86,6 +86,18 @@ def cluster_sizes(sim: np.ndarray, selected: list[int]) -> list[float]:
     return [float(owner.count(j)) for j in selected]
 
 
+def shared_cluster_sizes(sim: np.ndarray, selected: list[int]) -> list[float]:
+    """Each point's unit weight split equally among its most similar picks (exact ties)."""
+    out = [0.0] * len(selected)
+    for i in range(sim.shape[0]):
+        row = [sim[i, j] for j in selected]
+        best = max(row)
+        tied = [p for p, v in enumerate(row) if v == best]
+        for p in tied:
+            out[p] += 1.0 / len(tied)
+    return out
+
+
 def rng_features(seed: int, *shape: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
 

@@ -27,6 +27,7 @@ from ._reference import (
     naive_greedy,
     objective,
     rng_features,
+    shared_cluster_sizes,
     similarity_matrix,
 )
 
@@ -704,3 +705,45 @@ def test_auto_compiles_in_the_background_and_serves_with_pytorch_meanwhile(
     assert torch.equal(first.indices, third.indices) and torch.equal(second.weights, third.weights)
     explicit = greedy_facility_location(x.double(), 6, method="lazy")  # compiles right away
     assert torch.equal(explicit.indices, third.indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# ties="share"
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [*EXACT_METHODS, "stochastic"])
+@pytest.mark.parametrize("kind", SIMILARITIES)
+def test_shared_ties_split_each_point_among_its_most_similar_picks(method: str, kind: str) -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        # duplicated points (a few distinct rows, repeated): ties everywhere
+        distinct = rng.standard_normal((int(rng.integers(1, 5)), 3))
+        x = torch.from_numpy(distinct[rng.integers(0, len(distinct), 24)])
+        k = int(rng.integers(1, 9))
+        lowest = greedy_facility_location(x, k, similarity=kind, method=method)
+        shared = greedy_facility_location(x, k, similarity=kind, method=method, ties="share")
+        assert torch.equal(shared.indices, lowest.indices), trial
+        assert torch.equal(shared.gains, lowest.gains) and torch.equal(
+            shared.objective, lowest.objective
+        )
+        sim = similarity_matrix(x.numpy(), kind)
+        expected = shared_cluster_sizes(sim, shared.indices.tolist())
+        np.testing.assert_allclose(shared.weights.numpy(), expected, rtol=0, atol=1e-12)
+        assert float(shared.weights.sum()) == pytest.approx(24.0)
+
+
+def test_shared_ties_on_identical_points_and_in_batches_with_masks() -> None:
+    same = greedy_facility_location(torch.zeros(30, 4), 10, ties="share")
+    assert same.weights.tolist() == [3.0] * 10  # "lowest" gives [30, 0, ..., 0]
+    assert greedy_facility_location(torch.zeros(30, 4), 10).weights.tolist() == [30.0] + [0.0] * 9
+    pools = rng_features(5, 4, 20, 5).float()
+    mask = torch.ones(4, 20, dtype=torch.bool)
+    mask[1, 15:] = False
+    k = torch.tensor([5, 3, 20, 1])
+    a = greedy_facility_location(pools, k, mask=mask)
+    b = greedy_facility_location(pools, k, mask=mask, ties="share")
+    # no ties in random data: the same weights, padding and unused picks included
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
+    with pytest.raises(ValueError, match=r"ties should be one of \('lowest', 'share'\)"):
+        greedy_facility_location(pools, 2, ties="even")  # type: ignore[arg-type]

@@ -444,3 +444,14 @@ def test_a_class_with_one_pick_and_the_stochastic_method_reach_the_kernel(
     assert t.anchor_seconds == 0.0 and t.selections[0].anchor_seconds == 0.0
     first = t.selections[0]
     assert 0.0 < first.callback_seconds + first.kernel_seconds <= first.seconds < 60.0
+
+
+def test_tied_proxies_share_the_weights_of_the_coreset_with_a_warning() -> None:
+    n = 300
+    labels = np.arange(n) % 3
+    tied = torch.full((n, 3), 1 / 3) - torch.nn.functional.one_hot(torch.from_numpy(labels)).float()
+    s = CraigBatchSampler(n, 10, callback=lambda idx: tied[idx], budget=0.1, seed=0)
+    with pytest.warns(UserWarning, match=r"of the coreset's 30 picks added no coverage"):
+        next(iter(s))
+    weights = s.coreset_weights
+    assert int((weights == 0).sum()) == 0 and weights.mean().item() == pytest.approx(1.0)

@@ -760,3 +760,27 @@ def test_checks_stay_few_when_the_curvature_grows_tenfold(rule: str) -> None:
         assert checks < 30, checks
     else:
         assert checks > 60, checks
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_a_zero_initialised_head_gives_shared_weights_and_a_warning(with_labels: bool) -> None:
+    # the proxies of a zero-initialised head, softmax(0) − onehot(y): identical within a class
+    n, classes = 300, 3
+    y = torch.arange(n) % classes
+    model = torch.nn.Linear(4, classes)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    ds = TensorDataset(torch.randn(n, 4, generator=torch.Generator().manual_seed(0)), y)
+    proxies = GradientProxyCallback(model, ds)
+    s = CrestBatchSampler(
+        ds, 32, callback=proxies, labels=y if with_labels else None, budget=0.5, seed=0
+    )
+    with pytest.warns(UserWarning, match=r"picks added no coverage: the gradient proxies are"):
+        batch = next(iter(s))
+    weights = torch.tensor([i.weight for i in batch])
+    assert int((weights == 0).sum()) == 0  # (28 of 32 were 0.0 before)
+    assert weights.mean().item() == pytest.approx(1.0)
+    if with_labels:  # 32 picks of 3 identical classes: every weight is equal within a class
+        for c in range(classes):
+            in_class = weights[y[torch.tensor([int(i) for i in batch])] == c]
+            assert torch.allclose(in_class, in_class[0].expand_as(in_class))

@@ -165,7 +165,9 @@ def facility_location_coresets(
         k,
         mask=torch.from_numpy(mask).to(device),
         similarity=similarity,  # type: ignore[arg-type]
+        ties="share",
     )
+    warn_if_tied(result, "this selection's")
     picks = result.indices.cpu().numpy()
     sizes = result.weights.detach().to("cpu", torch.float64).numpy()
     coresets: list[list[int]] = [[] for _ in pools]
@@ -174,6 +176,22 @@ def facility_location_coresets(
         coresets[p].extend(pools[p][rows[picks[b, :kb]]].tolist())
         gammas[p].extend(sizes[b, :kb].tolist())
     return coresets, [mean_one(g, m) for g in gammas]
+
+
+def warn_if_tied(result: Any, whose: str) -> None:
+    """Warn when most picks added nothing (tied proxies: the weights are shared among them)."""
+    picked = result.indices >= 0
+    empty = int(((result.gains <= 0) & picked).sum())
+    total = int(picked.sum())
+    if total > 1 and 2 * empty > total:
+        warnings.warn(
+            f"{empty} of {whose} {total} picks added no coverage: the gradient proxies are "
+            "tied (identical examples, or a model whose outputs do not yet depend on the input, "
+            "such as a zero-initialised classifier head), so the coresets are as good as random "
+            "picks; their weights are shared equally among tied picks",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def k_center_batches(

@@ -53,7 +53,7 @@ from coreset_sampler.proxies import ProxyCallback, call_proxies
 from coreset_sampler.weights import WeightedIndex
 
 from ._base import BudgetedSampler
-from ._selection import labels_digest, largest_remainder, mean_one
+from ._selection import labels_digest, largest_remainder, mean_one, warn_if_tied
 from ._stream import BudgetedStream
 from ._telemetry import SamplerTelemetry, SelectionRecord, Telemetry
 
@@ -354,7 +354,9 @@ class _WholeSetSelection(Stateful):
             result = greedy_facility_location(
                 feats, k, similarity=self.similarity, method=self.method,  # type: ignore[arg-type]
                 epsilon=self.epsilon, generator=generator, chunk_size=self._chunk(members.shape[0]),
+                ties="share",
             )  # fmt: skip
+            warn_if_tied(result, "the coreset's")
             picks = result.indices.cpu().numpy()
             coreset.extend(members[picks].tolist())
             gammas.extend(result.weights.detach().to("cpu", torch.float64).tolist())

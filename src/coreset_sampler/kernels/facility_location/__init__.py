@@ -20,6 +20,7 @@ import functools
 import importlib
 from collections.abc import Callable
 from types import ModuleType
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +29,9 @@ from coreset_sampler._checks import check_choice
 
 from . import _incremental, _naive, _stochastic
 from ._problem import METHODS, FacilityLocationResult, Method, Problem, SimilarityName, describe
-from ._torch import materialises
+from ._torch import cluster_sizes, materialises, prepare
+
+TIES = ("lowest", "share")
 
 __all__ = ["FacilityLocationResult", "Method", "SimilarityName", "greedy_facility_location"]
 
@@ -69,6 +72,7 @@ def greedy_facility_location(
     epsilon: float = 0.1,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    ties: Literal["lowest", "share"] = "lowest",
 ) -> FacilityLocationResult:
     r"""Select ``k`` points per problem by greedy facility location, for many problems at once.
 
@@ -101,6 +105,11 @@ def greedy_facility_location(
         epsilon: accuracy of the stochastic greedy, in ``(0, 1)``.
         generator: random stream of the stochastic greedy (seed 0 when omitted).
         chunk_size: rows per block when rows are recomputed from the features.
+        ties: how a point equally similar to several picks counts in their weights:
+            ``"lowest"`` (all of it to the pick of lowest index: the cluster sizes) or
+            ``"share"`` (1/t to each of its t picks: identical points, such as the gradient
+            proxies of a zero-initialised classifier head, do not leave most weights at 0).
+            The picks, gains and objective are the same.
 
     Returns:
         A :class:`FacilityLocationResult` ``(indices, weights, gains, objective)``.
@@ -129,6 +138,7 @@ def greedy_facility_location(
         (torch.Size([5, 13]), [50.0, 40.0, 50.0, 50.0, 50.0])
     """
     check_choice("method", method, METHODS)
+    check_choice("ties", ties, TIES)
     problem = describe(features, k, mask, similarity, epsilon, chunk_size)
     name = _auto(problem) if method == "auto" else method
     solver = _SOLVERS.get((name, problem.device.type)) or _SOLVERS.get((name, None))
@@ -137,7 +147,13 @@ def greedy_facility_location(
             f"method={name!r} runs on the CPU, but the features are on {problem.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
-    return solver(problem, generator)
+    result = solver(problem, generator)
+    if ties == "share":
+        working = prepare(problem, "incremental")
+        kmax = result.indices.shape[-1]
+        shared = cluster_sizes(working, result.indices.reshape(-1, kmax), share=True)
+        result = result._replace(weights=shared.to(result.weights).reshape(result.weights.shape))
+    return result
 
 
 def _auto(p: Problem) -> str:

@@ -333,8 +333,9 @@ def per_problem(p: TorchProblem, solve: Callable[[TorchProblem], Solution]) -> S
     )
 
 
-def cluster_sizes(p: TorchProblem, indices: Tensor) -> Tensor:
-    """How many valid points have each pick as their most similar pick (ties: lowest index)."""
+def cluster_sizes(p: TorchProblem, indices: Tensor, *, share: bool = False) -> Tensor:
+    """How many valid points have each pick as their most similar pick (ties: lowest index;
+    ``share``: a point equally similar to several picks counts 1/t for each of its t)."""
     batch, kmax = indices.shape
     picked = indices >= 0
     # sort picks by point index so that argmax's first-occurrence rule means lowest index
@@ -345,6 +346,7 @@ def cluster_sizes(p: TorchProblem, indices: Tensor) -> Tensor:
     safe = sorted_idx if all_picked else torch.where(sorted_ok, sorted_idx, 0)
     arange = torch.arange(batch, device=p.device)
     assign = torch.empty(batch, p.n, dtype=torch.long, device=p.device)
+    shared = torch.zeros(batch, kmax, dtype=torch.float64, device=p.device)
     rows = max(1, CHUNK_ELEMENTS // max(1, batch * kmax))
     for start in range(0, p.n, rows):
         stop = min(p.n, start + rows)
@@ -356,9 +358,17 @@ def cluster_sizes(p: TorchProblem, indices: Tensor) -> Tensor:
             s = pairwise(p.features[:, start:stop], chosen, p.kind)
         if not all_picked:
             s = s.masked_fill(~sorted_ok[:, None, :], -math.inf)
-        assign[:, start:stop] = s.argmax(2)
+        if share:
+            tied = (s == s.amax(2, keepdim=True)).double()
+            valid = p.mask[:, start:stop, None].double()
+            shared += (tied * (valid / tied.sum(2, keepdim=True))).sum(1)
+        else:
+            assign[:, start:stop] = s.argmax(2)
     counts = torch.zeros(batch, kmax, dtype=torch.float64, device=p.device)
-    counts.scatter_add_(1, assign, p.mask.double())
+    if share:
+        counts = shared
+    else:
+        counts.scatter_add_(1, assign, p.mask.double())
     # back to selection order: position `order[b, r]` of the selection is sorted rank r
     out = torch.zeros_like(counts)
     out.scatter_(1, order, counts)
