@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A Python or NumPy integer (as torch accepts them), never a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -160,8 +161,8 @@ def check_num_samples(data_source: Any) -> int:
             "Lightning, pass Trainer(use_distributed_sampler=False) so that it does not "
             "re-create the batch sampler around a DistributedSampler"
         )
-    if isinstance(data_source, int):
-        n = data_source
+    if _is_int(data_source):
+        n = int(data_source)
     elif isinstance(data_source, Sized):
         n = len(data_source)
     else:

@@ -747,3 +747,18 @@ def test_shared_ties_on_identical_points_and_in_batches_with_masks() -> None:
     assert torch.equal(a.indices, b.indices) and torch.equal(a.weights, b.weights)
     with pytest.raises(ValueError, match=r"ties should be one of \('lowest', 'share'\)"):
         greedy_facility_location(pools, 2, ties="even")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", [*EXACT_METHODS, "stochastic"])
+def test_numpy_integers_detached_results_and_clear_errors(method: str) -> None:
+    x = rng_features(0, 20, 3).float()
+    plain = greedy_facility_location(x, 3, method=method)
+    numpy_k = greedy_facility_location(x, np.int64(3), method=method)  # as torch accepts them
+    assert torch.equal(numpy_k.indices, plain.indices)
+    graph = greedy_facility_location(x.clone().requires_grad_(), 3, method=method)
+    assert not any(t.requires_grad for t in graph)  # no path returns a graph
+    assert torch.equal(graph.indices, plain.indices)
+    with pytest.raises(ValueError, match=r"at least one feature per point \(d ≥ 1\)"):
+        greedy_facility_location(torch.zeros(5, 0), 2, method=method)
+    with pytest.raises(TypeError, match=r"generator should be a torch.Generator, but got numpy"):
+        greedy_facility_location(x, 3, method=method, generator=np.random.default_rng(0))  # type: ignore[arg-type]

@@ -451,7 +451,7 @@ def test_tied_proxies_share_the_weights_of_the_coreset_with_a_warning() -> None:
     labels = np.arange(n) % 3
     tied = torch.full((n, 3), 1 / 3) - torch.nn.functional.one_hot(torch.from_numpy(labels)).float()
     s = CraigBatchSampler(n, 10, callback=lambda idx: tied[idx], budget=0.1, seed=0)
-    with pytest.warns(UserWarning, match=r"of the coreset's 30 picks added no coverage"):
+    with pytest.warns(UserWarning, match=r"of the coreset's 30 picks have the same gradient proxy"):
         next(iter(s))
     weights = s.coreset_weights
     assert int((weights == 0).sum()) == 0 and weights.mean().item() == pytest.approx(1.0)

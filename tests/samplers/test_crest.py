@@ -775,7 +775,7 @@ def test_a_zero_initialised_head_gives_shared_weights_and_a_warning(with_labels:
     s = CrestBatchSampler(
         ds, 32, callback=proxies, labels=y if with_labels else None, budget=0.5, seed=0
     )
-    with pytest.warns(UserWarning, match=r"picks added no coverage: the gradient proxies are"):
+    with pytest.warns(UserWarning, match=r"picks have the same gradient proxy as another pick"):
         batch = next(iter(s))
     weights = torch.tensor([i.weight for i in batch])
     assert int((weights == 0).sum()) == 0  # (28 of 32 were 0.0 before)
@@ -784,3 +784,13 @@ def test_a_zero_initialised_head_gives_shared_weights_and_a_warning(with_labels:
         for c in range(classes):
             in_class = weights[y[torch.tensor([int(i) for i in batch])] == c]
             assert torch.allclose(in_class, in_class[0].expand_as(in_class))
+
+
+def test_numpy_sizes_are_accepted_and_bad_losses_named() -> None:
+    s = CrestBatchSampler(np.int64(300), np.int64(10), callback=Proxies(300), budget=0.5)
+    assert (s.num_samples, s.batch_size, len(s)) == (300, 10, 15)
+    assert isinstance(s.num_samples, int) and isinstance(s.batch_size, int)
+    with pytest.raises(TypeError, match=r"report_losses: losses should be numbers .*\['a'\]"):
+        s.report_losses([1], ["a"])
+    with pytest.raises(TypeError, match="batch_size should be a positive integer"):
+        CrestBatchSampler(300, np.bool_(True), callback=Proxies(300))

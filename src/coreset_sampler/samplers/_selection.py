@@ -167,7 +167,7 @@ def facility_location_coresets(
         similarity=similarity,  # type: ignore[arg-type]
         ties="share",
     )
-    warn_if_tied(result, "this selection's")
+    warn_if_tied(features, result.indices, "this selection's")
     picks = result.indices.cpu().numpy()
     sizes = result.weights.detach().to("cpu", torch.float64).numpy()
     coresets: list[list[int]] = [[] for _ in pools]
@@ -178,17 +178,25 @@ def facility_location_coresets(
     return coresets, [mean_one(g, m) for g in gammas]
 
 
-def warn_if_tied(result: Any, whose: str) -> None:
-    """Warn when most picks added nothing (tied proxies: the weights are shared among them)."""
-    picked = result.indices >= 0
-    empty = int(((result.gains <= 0) & picked).sum())
+def warn_if_tied(features: Tensor, indices: Tensor, whose: str) -> None:
+    """Warn when most picks have the same proxy as another pick of their problem (``features``
+    ``[B, n, d]`` or ``[n, d]``, ``indices`` ``[B, k]`` or ``[k]``, -1 unused): tied proxies,
+    whose weights are shared among them."""
+    if features.dim() == 2:
+        features, indices = features[None], indices[None]
+    picked = indices >= 0
+    rows = features.gather(1, indices.clamp(min=0)[..., None].expand(-1, -1, features.shape[-1]))
+    duplicates = 0
+    for b in range(rows.shape[0]):  # distinct picked proxies per problem
+        chosen = rows[b][picked[b]]
+        duplicates += chosen.shape[0] - torch.unique(chosen, dim=0).shape[0]
     total = int(picked.sum())
-    if total > 1 and 2 * empty > total:
+    if total > 1 and 2 * duplicates > total:
         warnings.warn(
-            f"{empty} of {whose} {total} picks added no coverage: the gradient proxies are "
-            "tied (identical examples, or a model whose outputs do not yet depend on the input, "
-            "such as a zero-initialised classifier head), so the coresets are as good as random "
-            "picks; their weights are shared equally among tied picks",
+            f"{duplicates} of {whose} {total} picks have the same gradient proxy as another "
+            "pick: the proxies are tied (identical examples, or a model whose outputs do not "
+            "yet depend on the input, such as a zero-initialised classifier head), so the "
+            "coresets are as good as random picks; their weights are shared equally",
             UserWarning,
             stacklevel=2,
         )

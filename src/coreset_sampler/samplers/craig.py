@@ -356,7 +356,7 @@ class _WholeSetSelection(Stateful):
                 epsilon=self.epsilon, generator=generator, chunk_size=self._chunk(members.shape[0]),
                 ties="share",
             )  # fmt: skip
-            warn_if_tied(result, "the coreset's")
+            warn_if_tied(feats, result.indices, "the coreset's")
             picks = result.indices.cpu().numpy()
             coreset.extend(members[picks].tolist())
             gammas.extend(result.weights.detach().to("cpu", torch.float64).tolist())

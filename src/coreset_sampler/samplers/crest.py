@@ -271,13 +271,20 @@ class CrestBatchSampler(PoolSampler):
         ignored; an index reported twice in one call counts with its largest loss.
 
         Raises:
+            TypeError: on losses that are not numbers.
             ValueError: on lengths that differ or indices outside ``[0, num_samples)``.
         """
         idx = _index_array(indices, self.num_samples, "report_losses")
         if isinstance(losses, Tensor):
             values = losses.detach().reshape(-1).to("cpu", torch.float64).numpy()
         else:
-            values = np.asarray(losses, dtype=np.float64).reshape(-1)
+            try:
+                values = np.asarray(losses, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"report_losses: losses should be numbers (a tensor or a sequence of "
+                    f"floats), but got {losses!r:.80}"
+                ) from err
         if values.shape[0] != idx.shape[0]:
             raise ValueError(
                 f"report_losses: got {idx.shape[0]} indices but {values.shape[0]} losses"

@@ -139,6 +139,11 @@ def greedy_facility_location(
     """
     check_choice("method", method, METHODS)
     check_choice("ties", ties, TIES)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator should be a torch.Generator, but got {type(generator).__module__}."
+            f"{type(generator).__qualname__} (make one with torch.Generator().manual_seed(seed))"
+        )
     problem = describe(features, k, mask, similarity, epsilon, chunk_size)
     name = _auto(problem) if method == "auto" else method
     solver = _SOLVERS.get((name, problem.device.type)) or _SOLVERS.get((name, None))

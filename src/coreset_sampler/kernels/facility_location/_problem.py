@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, NamedTuple, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -118,6 +119,11 @@ def describe(
             raise TypeError("features should be a tensor unless similarity is a precomputed tensor")
         kind, src = similarity, features
         lead, n = check_points(src, "features")
+        if src.shape[-1] == 0:
+            raise ValueError(
+                f"features should have at least one feature per point (d ≥ 1), but got shape "
+                f"{tuple(src.shape)}"
+            )
     batch = math.prod(lead)
     device = src.device
     flat_mask = None if mask is None else valid_rows(mask, lead, n, device)
@@ -229,10 +235,10 @@ def budgets(k: int | Tensor, lead: tuple[int, ...], counts: Tensor) -> Tensor:
     counts; every problem's budget as ``[B]`` int64."""
     batch = counts.shape[0]
     device = counts.device
-    if isinstance(k, bool):
+    if isinstance(k, (bool, np.bool_)):
         raise TypeError(f"k should be an int or an integer tensor, but got k={k!r}")
-    if isinstance(k, int):
-        k_vec = torch.full((batch,), k, dtype=torch.long, device=device)
+    if isinstance(k, (int, np.integer)):  # NumPy integers too, as torch accepts them
+        k_vec = torch.full((batch,), int(k), dtype=torch.long, device=device)
     elif isinstance(k, Tensor):
         if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
             raise TypeError(f"k should be an integer tensor, but got dtype={k.dtype}")

@@ -64,7 +64,7 @@ def prepare(p: Problem, method: str) -> TorchProblem:
     always materialises the ``[B, n, n]`` similarity, ``"incremental"`` when it is small and
     no ``chunk_size`` is given, ``"stochastic"`` never, unless it is given)."""
     precomputed = p.matrix is not None
-    flat = p.flat().to(p.dtype)
+    flat = p.flat().to(p.dtype).detach()  # (the results never carry a graph, as with "lazy")
     flat_mask = p.valid()
     batch, n, lead = p.batch, p.n, p.lead
     finite = torch.isfinite(flat)
