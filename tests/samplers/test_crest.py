@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -794,3 +795,18 @@ def test_numpy_sizes_are_accepted_and_bad_losses_named() -> None:
         s.report_losses([1], ["a"])
     with pytest.raises(TypeError, match="batch_size should be a positive integer"):
         CrestBatchSampler(300, np.bool_(True), callback=Proxies(300))
+
+
+@pytest.mark.parametrize("k", [6, 1100])  # one comparison of all pairs, or one unique per problem
+def test_tied_picks_are_counted_alike_in_small_and_large_problems(k: int) -> None:
+    from coreset_sampler.samplers._selection import warn_if_tied
+
+    x = torch.cat([torch.zeros(k, 4), torch.ones(k, 4)])[None].repeat(2, 1, 1)
+    idx = torch.full((2, k), -1)
+    idx[0, :5] = torch.tensor([0, 1, 2, k, k + 1])  # 2 + 1 duplicates
+    idx[1, :4] = torch.tensor([0, 1, 2, 3])  # 3 duplicates
+    with pytest.warns(UserWarning, match=r"^6 of t 9 picks have the same gradient proxy"):
+        warn_if_tied(x, idx, "t")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_tied(x[:, :, :] + torch.arange(2 * k)[None, :, None], idx, "t")  # all distinct

@@ -186,10 +186,17 @@ def warn_if_tied(features: Tensor, indices: Tensor, whose: str) -> None:
         features, indices = features[None], indices[None]
     picked = indices >= 0
     rows = features.gather(1, indices.clamp(min=0)[..., None].expand(-1, -1, features.shape[-1]))
-    duplicates = 0
-    for b in range(rows.shape[0]):  # distinct picked proxies per problem
-        chosen = rows[b][picked[b]]
-        duplicates += chosen.shape[0] - torch.unique(chosen, dim=0).shape[0]
+    batch, k, d = rows.shape
+    if batch * k * k * d <= 1 << 22:  # (CREST's many small problems: one comparison)
+        same = (rows[:, :, None, :] == rows[:, None, :, :]).all(-1)
+        same &= picked[:, :, None] & picked[:, None, :]
+        earlier = torch.ones(k, k, dtype=torch.bool, device=rows.device).tril(-1)
+        duplicates = int((same & earlier).any(-1).sum())  # picks equal to an earlier pick
+    else:  # (CRAIG's few large ones)
+        duplicates = sum(
+            int(picked[b].sum()) - torch.unique(rows[b][picked[b]], dim=0).shape[0]
+            for b in range(batch)
+        )
     total = int(picked.sum())
     if total > 1 and 2 * duplicates > total:
         warnings.warn(
