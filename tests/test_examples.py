@@ -300,7 +300,9 @@ def test_cifar_rule_builds_the_paper_or_the_library_configuration(
             "threshold": 0.01, "interval_multiplier": 10.0, "interval_rule": "paper",
             "curvature": "hutchinson",
         }  # fmt: skip
-        assert crest.sampler_options() == {"pool_multiplier": 5, "check_size": 8}  # r = 8
+        # the check sample is the pool: r = max(ceil(0.01·200), 2·8) = 16 (it was the check
+        # alone, 8, against the sampler's pool of 16, once the default pool became two batches)
+        assert crest.sampler_options() == {"pool_multiplier": 5, "pool_size": 16, "check_size": 16}
     else:  # nothing set: every knob is the library's default
         assert crest.monitor_options() == {} and crest.sampler_options() == {}
 
