@@ -373,3 +373,36 @@ def test_craig_state_values_are_checked() -> None:
         CraigBatchSampler(300, 10, callback=Proxies(300), seed=0).load_state_dict(
             {**state, "extra": 1}
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "part", "change", "message"),
+    [
+        ("crest", "cycle", {"order": [7, 9]}, r"\['cycle'\] holds an order \[7, 9\] that is not"),
+        ("crest", "cycle", {"position": 9}, r"\['cycle'\] holds position=9 outside \[0, "),
+        ("k-center", "cycle", "short weights", r"weights that do not match its coresets"),
+        ("crest", "stream", {"step_in_epoch": 999}, r"holds step_in_epoch=999, outside the"),
+        ("random", "stream", {"step_in_epoch": -1}, r"step_in_epoch"),
+        ("craig", "coreset", "short weights", r"coreset of 30 examples and 29 weights"),
+    ],
+)
+def test_fields_that_do_not_fit_together_are_refused(
+    name: str, part: str, change: Any, message: str
+) -> None:
+    build = _samplers()[name]
+    s = build()
+    stream(s, 3)
+    state = json.loads(json.dumps(s.state_dict()))
+    if change == "short weights":
+        weights = state[part]["weights"]
+        if weights and isinstance(weights[0], list):
+            weights[0] = weights[0][:-1]
+        else:
+            state[part]["weights"] = weights[:-1]
+    else:
+        state[part].update(change)
+    fresh = build()
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict(state)
+    assert fresh.state_dict() == before

@@ -200,7 +200,15 @@ class Stateful:
             if problem is not None:
                 raise ValueError(f"{where}[{name!r}] {problem}")
             values[name] = value
+        problem = self._check_together(values)
+        if problem is not None:
+            raise ValueError(f"{where} {problem}")
         return values
+
+    def _check_together(self, values: Mapping[str, Any]) -> str | None:
+        """What the decoded fields must satisfy together: an error message, or None (nothing
+        by default)."""
+        return None
 
     def apply_state(self, values: Mapping[str, Any]) -> None:
         """Set the fields decoded by :meth:`read_state`, then :meth:`_after_load`."""

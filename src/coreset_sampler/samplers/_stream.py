@@ -11,7 +11,7 @@ alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,14 @@ class BudgetedStream(Stateful):
             return f"should hold the random streams {list(self.streams)}, but holds {sorted(rngs)}"
         return None
 
+    def _check_together(self, values: Mapping[str, Any]) -> str | None:
+        if not 0 <= values["step_in_epoch"] <= self.num_steps:
+            return (
+                f"holds step_in_epoch={values['step_in_epoch']}, outside the epoch's "
+                f"[0, {self.num_steps}] steps"
+            )
+        return None
+
     def _after_load(self) -> None:
         self.resume = True
 
@@ -188,6 +196,16 @@ class CoresetCycle(Stateful):
         self.add_state("weights", FLOAT_LISTS, [], check=finite_weights)
         self.add_state("order", INTS, [])
         self.add_state("position", INT, 0)
+
+    def _check_together(self, values: Mapping[str, Any]) -> str | None:
+        coresets, weights, order = values["coresets"], values["weights"], values["order"]
+        if [len(w) for w in weights] != [len(c) for c in coresets]:
+            return "holds weights that do not match its coresets (one weight per index)"
+        if sorted(order) != list(range(len(coresets))):
+            return f"holds an order {order[:10]} that is not a permutation of its coresets"
+        if not 0 <= values["position"] <= len(order):
+            return f"holds position={values['position']} outside [0, {len(order)}]"
+        return None
 
     def replace(
         self, coresets: list[list[int]], weights: list[list[float]], rng: np.random.Generator

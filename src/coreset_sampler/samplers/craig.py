@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -330,6 +330,15 @@ class _WholeSetSelection(Stateful):
         self.add_state("coreset", INTS, [], check=indices_below(n))
         self.add_state("weights", FLOATS, [], check=finite_weights)
         self.add_state("selected_epoch", OPTIONAL_INT, None)
+
+    def _check_together(self, values: Mapping[str, Any]) -> str | None:
+        coreset, weights = values["coreset"], values["weights"]
+        if len(coreset) not in (0, self.size) or len(weights) != len(coreset):
+            return (
+                f"holds a coreset of {len(coreset)} examples and {len(weights)} weights, but "
+                f"this sampler's coreset has {self.size} (and one weight each)"
+            )
+        return None
 
     def due(self, epoch: int) -> bool:
         last = self.selected_epoch
