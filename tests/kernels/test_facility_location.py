@@ -762,3 +762,24 @@ def test_numpy_integers_detached_results_and_clear_errors(method: str) -> None:
         greedy_facility_location(torch.zeros(5, 0), 2, method=method)
     with pytest.raises(TypeError, match=r"generator should be a torch.Generator, but got numpy"):
         greedy_facility_location(x, 3, method=method, generator=np.random.default_rng(0))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", SIMILARITIES)
+def test_exact_methods_pick_alike_on_duplicated_float64_points(kind: str) -> None:
+    # many exact ties, broken alike (lowest index) by every exact method; naive once summed
+    # Σ max(s, cur), whose rounding ordered tied "dot" gains differently (2 of these 400)
+    gen = torch.Generator().manual_seed(0)
+    methods = ["incremental", *(["lazy"] if HAS_NUMBA else [])]
+    for trial in range(400):
+        n = int(torch.randint(6, 40, (1,), generator=gen))
+        d = int(torch.randint(1, 6, (1,), generator=gen))
+        k = int(torch.randint(1, n + 1, (1,), generator=gen))
+        base = torch.randn(max(2, n // 3), d, generator=gen, dtype=torch.float64)
+        x = base[torch.randint(0, base.shape[0], (n,), generator=gen)]
+        if trial % 2:
+            x = torch.round(x * 2) / 2  # grid points: exact ties
+        ref = greedy_facility_location(x, k, similarity=kind, method="naive")
+        for method in methods:
+            out = greedy_facility_location(x, k, similarity=kind, method=method)
+            assert out.indices.tolist() == ref.indices.tolist(), (trial, method)
+            assert torch.equal(out.weights, ref.weights), (trial, method)

@@ -36,16 +36,17 @@ def _naive(p: TorchProblem) -> Solution:
     tol = torch.zeros(batch, 1, dtype=dense.dtype, device=p.device)
     picks: list[Tensor] = []
     gains: list[Tensor] = []
-    # Σ_i max(s(i, j), cur_i) is the gain of j plus Σ_i cur_i, a per-problem constant: one pass
-    # fewer than Σ_i relu(s(i, j) − cur_i).
+    # the gains themselves, Σ_i relu(s(i, j) − cur_i): as the other exact methods sum them, so
+    # that their rounding is that of the gains (Σ_i max(s(i, j), cur_i) saves a pass but adds
+    # Σ_i cur_i to every gain, whose rounding can then order tied gains differently)
     for step in range(p.kmax):
-        g = torch.maximum(dense, cur_w[:, :, None]).sum(1).masked_fill_(taken, -math.inf)
+        g = (dense - cur_w[:, :, None]).clamp_min_(0.0).sum(1).masked_fill_(taken, -math.inf)
         best = g.amax(1, keepdim=True)
         if step == 0:
-            tol = tie_tolerance(p, best.squeeze(1) - cur_w.sum(1))[:, None].to(dense.dtype)
+            tol = tie_tolerance(p, best.squeeze(1))[:, None].to(dense.dtype)
         pick = (g >= best - tol).to(torch.uint8).argmax(1)
         col = flat_cols.index_select(0, offsets + pick)
-        gain = g.gather(1, pick[:, None]).squeeze(1) - cur_w.sum(1)
+        gain = g.gather(1, pick[:, None]).squeeze(1)
         if uniform:
             taken.scatter_(1, pick[:, None], True)
             cur_w = torch.maximum(cur_w, col)
