@@ -783,3 +783,17 @@ def test_exact_methods_pick_alike_on_duplicated_float64_points(kind: str) -> Non
             out = greedy_facility_location(x, k, similarity=kind, method=method)
             assert out.indices.tolist() == ref.indices.tolist(), (trial, method)
             assert torch.equal(out.weights, ref.weights), (trial, method)
+
+
+@pytest.mark.parametrize("method", [*EXACT_METHODS, "stochastic"])
+@pytest.mark.parametrize(("d", "scale"), [(4, 1e-30), (65, 1e-25), (4, 1e15)])
+def test_float32_features_at_extreme_scales_pick_as_unscaled(
+    method: str, d: int, scale: float
+) -> None:
+    # float32 squared differences underflow below about 1e-19 per coordinate: distances are
+    # computed in float64 and rounded once (they were all 0: weights [20, 0, 0, 0])
+    x = rng_features(4, 20, d)
+    ref = greedy_facility_location(x, 4, method=method)
+    out = greedy_facility_location((x * scale).float(), 4, method=method)
+    assert out.indices.tolist() == ref.indices.tolist()
+    assert out.weights.tolist() == ref.weights.tolist()

@@ -156,9 +156,14 @@ def _check_norms(flat: Tensor, mask: Tensor, lead: tuple[int, ...]) -> None:
 
 
 def distances(a: Tensor, b: Tensor) -> Tensor:
-    """Euclidean distances ``[..., p, q]`` between rows of ``a`` and ``b``, accurately."""
-    if a.shape[-1] <= _DIFF_MAX_DIM or a.dtype == torch.float64:
+    """Euclidean distances ``[..., p, q]`` between rows of ``a`` and ``b``, accurately: in
+    float64, rounded once to ``a``'s dtype (a float32 squared difference underflows below
+    about 1e-19 per coordinate, which made tiny features all equidistant)."""
+    if a.dtype == torch.float64:
         return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    if a.shape[-1] <= _DIFF_MAX_DIM:
+        exact = torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        return exact.to(a.dtype)
     a64, b64 = a.double(), b.double()
     b_sq = (b64 * b64).sum(-1).unsqueeze(-2)
     if a64.dim() == 2:
@@ -166,7 +171,7 @@ def distances(a: Tensor, b: Tensor) -> Tensor:
     else:
         sq = torch.baddbmm(b_sq, a64, b64.transpose(-1, -2), beta=1.0, alpha=-2.0)
     sq.add_((a64 * a64).sum(-1).unsqueeze(-1)).clamp_min_(0.0)
-    return sq.to(a.dtype).sqrt_()
+    return sq.sqrt_().to(a.dtype)
 
 
 def pairwise(a: Tensor, b: Tensor, kind: str) -> Tensor:
