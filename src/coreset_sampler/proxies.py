@@ -94,6 +94,11 @@ def _read_callback(
             f"{call} returned proxies of shape {tuple(proxies.shape)} for {n} indices; "
             f"expected [{n}, d] with d >= 1"
         )
+    if proxies.is_meta:
+        raise ValueError(
+            f"{call} returned proxies on the meta device, which hold no values: run the model "
+            "on a real device (cpu or cuda) before sampling"
+        )
     proxies = proxies.detach()
     bad = ~torch.isfinite(proxies).all(dim=1)
     if bool(bad.any()):

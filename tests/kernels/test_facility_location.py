@@ -797,3 +797,17 @@ def test_float32_features_at_extreme_scales_pick_as_unscaled(
     out = greedy_facility_location((x * scale).float(), 4, method=method)
     assert out.indices.tolist() == ref.indices.tolist()
     assert out.weights.tolist() == ref.weights.tolist()
+
+
+def test_meta_tensors_are_refused_by_name() -> None:
+    x = torch.randn(5, 3)
+    meta = torch.device("meta")
+    message = r"is on the meta device, which holds no values"
+    with pytest.raises(ValueError, match=rf"features {message}"):
+        greedy_facility_location(x.to(meta), 2)
+    with pytest.raises(ValueError, match=rf"similarity {message}"):
+        greedy_facility_location(None, 2, similarity=torch.zeros(5, 5, device=meta))
+    with pytest.raises(ValueError, match=rf"mask {message}"):
+        greedy_facility_location(x, 2, mask=torch.ones(5, dtype=torch.bool, device=meta))
+    with pytest.raises(ValueError, match=rf"k {message}"):
+        greedy_facility_location(x[None], torch.tensor([2], device=meta))

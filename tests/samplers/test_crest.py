@@ -810,3 +810,9 @@ def test_tied_picks_are_counted_alike_in_small_and_large_problems(k: int) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_tied(x[:, :, :] + torch.arange(2 * k)[None, :, None], idx, "t")  # all distinct
+
+
+def test_meta_proxies_are_refused_naming_the_callback() -> None:
+    s = CrestBatchSampler(300, 10, callback=lambda i: torch.zeros(len(i), 3, device="meta"))
+    with pytest.raises(ValueError, match=r"callback\(indices\) at selection 0 .* meta device"):
+        next(iter(s))

@@ -195,6 +195,7 @@ def check_points(src: Any, name: str) -> tuple[tuple[int, ...], int]:
         raise ValueError(f"{name} should have shape {what}, but got shape {tuple(src.shape)}")
     if not src.is_floating_point():
         raise TypeError(f"{name} should be a floating-point tensor, but got dtype={src.dtype}")
+    check_not_meta(name, src)
     lead, n = tuple(src.shape[:-2]), src.shape[-2]
     if n == 0:
         raise ValueError(
@@ -205,11 +206,20 @@ def check_points(src: Any, name: str) -> tuple[tuple[int, ...], int]:
     return lead, n
 
 
+def check_not_meta(name: str, value: Tensor) -> None:
+    if value.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device, which holds no values: move it to a real device "
+            "(cpu or cuda)"
+        )
+
+
 def bool_rows(name: str, value: Any, lead: tuple[int, ...], n: int, device: torch.device) -> Tensor:
     """Check a boolean ``[*lead, n]`` argument; return it as ``[B, n]`` on ``device``."""
     if not isinstance(value, Tensor) or value.dtype != torch.bool:
         got = value.dtype if isinstance(value, Tensor) else type(value).__name__
         raise TypeError(f"{name} should be a boolean tensor, but got {got}")
+    check_not_meta(name, value)
     if tuple(value.shape) != (*lead, n):
         raise ValueError(
             f"{name} should have shape {(*lead, n)} (the problems' shape and n), "
@@ -242,6 +252,7 @@ def budgets(k: int | Tensor, lead: tuple[int, ...], counts: Tensor) -> Tensor:
     elif isinstance(k, Tensor):
         if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
             raise TypeError(f"k should be an integer tensor, but got dtype={k.dtype}")
+        check_not_meta("k", k)
         if k.dim() == 0:
             k_vec = k.to(device=device, dtype=torch.long).expand(batch).clone()
         elif tuple(k.shape) == lead:
