@@ -11,8 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreset_sampler import (
+    CraigBatchSampler,
     CrestBatchSampler,
     GradientProxyCallback,
+    KCenterBatchSampler,
     QuadraticLossMonitor,
     WithWeights,
 )
@@ -118,3 +120,21 @@ def test_accelerate_pattern_keeps_the_sampler_out_of_prepare() -> None:
     assert len(losses) == 3 * len(sampler) == 24
     assert sampler.telemetry.num_selections >= 1
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+@pytest.mark.parametrize("kind", [CrestBatchSampler, CraigBatchSampler, KCenterBatchSampler])
+def test_lightning_recreating_the_batch_sampler_gets_the_flag_to_set(kind: Any) -> None:
+    # Lightning with devices=2 and its default use_distributed_sampler=True re-creates a batch
+    # sampler as cls(DistributedSampler, batch_size=..., drop_last=...): the message must say
+    # what to do, not "missing 1 required keyword-only argument: 'callback'"
+    pytest.importorskip("lightning")
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    ds = TensorDataset(torch.randn(300, 3), torch.arange(300))
+    sampler = kind(ds, 10, callback=lambda i: torch.randn(len(i), 3))
+    loader = DataLoader(WithWeights(ds), batch_sampler=sampler)
+    with pytest.raises(TypeError, match=r"Trainer\(use_distributed_sampler=False\)"):
+        _update_dataloader(loader, DistributedSampler(ds, num_replicas=2, rank=0))
+    with pytest.raises(TypeError, match=r"callback is required \(e\.g\. GradientProxyCallback"):
+        kind(ds, 10)

@@ -102,6 +102,9 @@ def check_choice(name: str, value: Any, choices: Sequence[T]) -> T:
 
 def check_callable(name: str, value: Any) -> Any:
     """A callable (returned as it is)."""
+    if value is None:
+        hint = " (e.g. GradientProxyCallback(model, dataset))" if name == "callback" else ""
+        raise TypeError(f"{name} is required{hint}")
     if not callable(value):
         raise TypeError(f"{name} should be callable, but got {type(value).__name__}")
     return value

@@ -174,8 +174,10 @@ def test_state_errors() -> None:
 
 def test_errors() -> None:
     p = Proxies(100, 3)
+    with pytest.raises(TypeError, match="callback is required"):
+        KCenterBatchSampler(100, 5, callback=None)
     with pytest.raises(TypeError, match="callback should be callable"):
-        KCenterBatchSampler(100, 5, callback=None)  # type: ignore[arg-type]
+        KCenterBatchSampler(100, 5, callback=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size=10 is larger than pool_size=5"):
         KCenterBatchSampler(100, 10, callback=p, pool_size=5)
     with pytest.raises(ValueError, match=r"pool_size=101 is larger than the dataset"):

@@ -129,7 +129,7 @@ class CrestBatchSampler(PoolSampler):
         data_source: Sized | int,
         batch_size: int = 128,
         *,
-        callback: ProxyCallback,
+        callback: ProxyCallback | None = None,  # (required: None only to name what is missing)
         budget: float = 0.1,
         labels: Sequence[int] | Tensor | npt.NDArray[Any] | None = None,
         monitor: SelectionMonitor | None = None,

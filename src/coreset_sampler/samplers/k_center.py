@@ -91,7 +91,7 @@ class KCenterBatchSampler(PoolSampler):
         data_source: Sized | int,
         batch_size: int = 128,
         *,
-        callback: ProxyCallback,
+        callback: ProxyCallback | None = None,  # (required: None only to name what is missing)
         budget: float = 0.1,
         labels: Sequence[int] | Tensor | npt.NDArray[Any] | None = None,
         pool_size: int | None = None,
