@@ -69,9 +69,9 @@ class BudgetedSampler(Sampler[list[int]]):
 
         Without calls to it the epoch advances by one after each pass, complete or left early
         (a loop that breaks out gets new batches at its next pass, as with torch's samplers).
-        After :meth:`load_state_dict`, setting the loaded state's own epoch is a no-op, so a
-        resumed mid-epoch state survives the usual ``sampler.set_epoch(epoch)`` at the top of
-        the loop.
+        Setting the epoch the sampler is in is a no-op, so a resumed mid-epoch state survives
+        the usual ``sampler.set_epoch(epoch)`` at the top of the loop, and a framework that
+        sets the epoch after the pass has begun does not restart it.
         """
         self._stream.set_epoch(epoch)
 

@@ -116,11 +116,12 @@ class BudgetedStream(Stateful):
         self.resume = False  # a loaded state continues its epoch at the next __iter__
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next pass, from its start (but a loaded state's own epoch
-        continues where it was saved)."""
+        """Set the epoch of the next pass, from its start; the epoch it is in is a no-op (so a
+        loaded state continues, and a framework that sets the epoch once the pass has begun
+        does not restart it)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch should be a non-negative integer, but got epoch={epoch!r}")
-        if epoch == self.epoch and self.resume:
+        if epoch == self.epoch:
             return
         self.epoch = epoch
         self.step_in_epoch = 0
