@@ -820,3 +820,23 @@ def test_meta_proxies_are_refused_naming_the_callback() -> None:
     s = CrestBatchSampler(300, 10, callback=lambda i: torch.zeros(len(i), 3, device="meta"))
     with pytest.raises(ValueError, match=r"callback\(indices\) at selection 0 .* meta device"):
         next(iter(s))
+
+
+def test_telemetry_metrics_are_the_totals_and_the_latest_records() -> None:
+    mon = FakeMonitor(rhos=[0.5, 0.01], intervals=[2, 3])
+    s = make(400, 8, monitor=mon, budget=0.2)
+    assert s.telemetry.metrics() == {
+        "steps": 0.0, "selections": 0.0, "checks": 0.0, "dropped": 0.0,
+        "selection_seconds": 0.0, "callback_seconds": 0.0, "kernel_seconds": 0.0,
+        "anchor_seconds": 0.0, "check_seconds": 0.0,
+    }  # fmt: skip
+    stream(s)
+    t = s.telemetry
+    m = t.metrics()
+    assert (m["steps"], m["selections"], m["checks"]) == (10, t.num_selections, t.num_checks)
+    assert m["callback_seconds"] == t.callback_seconds and m["rho"] == t.checks[-1].rho
+    assert m["num_pools"] == t.selections[-1].num_pools
+    latest = max([(c.step, c.interval) for c in t.checks[-1:]]
+                 + [(r.step, r.interval) for r in t.selections[-1:]])  # fmt: skip
+    assert m["interval"] == latest[1]
+    assert all(isinstance(v, float) for v in m.values())

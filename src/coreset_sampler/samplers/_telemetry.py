@@ -114,6 +114,44 @@ class SamplerTelemetry:
     check_seconds: float
     selection_seconds: float
 
+    def metrics(self) -> dict[str, float]:
+        """The totals and the latest ρ, T1 and P as one flat dict of numbers, for a logger
+        (``LightningModule.log_dict``, TensorBoard's ``add_scalars``, ...): ``steps``,
+        ``selections``, ``checks``, ``dropped``, ``*_seconds``, and ``rho`` (the latest
+        check's), ``interval`` (T1 of the latest check or selection) and ``num_pools`` (P of the
+        latest selection) once there are records that have them.
+
+        Examples:
+            >>> from coreset_sampler import RandomBatchSampler
+            >>> sampler = RandomBatchSampler(100, 10, seed=0)
+            >>> _ = list(sampler)
+            >>> sampler.telemetry.metrics()["steps"]
+            1.0
+        """
+        out = {
+            "steps": float(self.num_steps),
+            "selections": float(self.num_selections),
+            "checks": float(self.num_checks),
+            "dropped": float(self.num_dropped),
+            "selection_seconds": self.selection_seconds,
+            "callback_seconds": self.callback_seconds,
+            "kernel_seconds": self.kernel_seconds,
+            "anchor_seconds": self.anchor_seconds,
+            "check_seconds": self.check_seconds,
+        }
+        intervals: list[tuple[int, int]] = []  # (step, T1) of the latest records
+        if self.checks:
+            out["rho"] = float(self.checks[-1].rho)
+            intervals.append((self.checks[-1].step, self.checks[-1].interval))
+        if self.selections:
+            last = self.selections[-1]
+            out["num_pools"] = float(last.num_pools)
+            if last.interval is not None:
+                intervals.append((last.step, last.interval))
+        if intervals:
+            out["interval"] = float(max(intervals)[1])
+        return out
+
 
 class Telemetry(Stateful):
     """Records and totals of a sampler's selections and checks.
