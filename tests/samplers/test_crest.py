@@ -840,3 +840,13 @@ def test_telemetry_metrics_are_the_totals_and_the_latest_records() -> None:
                  + [(r.step, r.interval) for r in t.selections[-1:]])  # fmt: skip
     assert m["interval"] == latest[1]
     assert all(isinstance(v, float) for v in m.values())
+
+
+def test_telemetry_prints_as_one_short_line() -> None:
+    s = make(400, 8, monitor=FakeMonitor(rhos=[0.5], intervals=[2]), budget=0.2)
+    stream(s)
+    text = repr(s.telemetry)
+    assert "\n" not in text and len(text) < 400  # (the records printed 25 KB before)
+    assert text.startswith("SamplerTelemetry(steps=10, selections=5, checks=4, dropped=0,")
+    assert "latest rho 0.5, T1 2, P 2; 5 selection and 4 check records)" in text
+    assert str(RandomBatchSampler(100, 10).telemetry).endswith("0 check records)")

@@ -114,6 +114,24 @@ class SamplerTelemetry:
     check_seconds: float
     selection_seconds: float
 
+    def __repr__(self) -> str:
+        """One line: the totals, the latest ρ, T1 and P, and how many records are kept (the
+        records themselves are in ``selections`` and ``checks``)."""
+        m = self.metrics()
+        latest = ", ".join(
+            f"{name} {m[key]:.4g}" for key, name in
+            (("rho", "rho"), ("interval", "T1"), ("num_pools", "P")) if key in m
+        )  # fmt: skip
+        return (
+            f"SamplerTelemetry(steps={self.num_steps}, selections={self.num_selections}, "
+            f"checks={self.num_checks}, dropped={self.num_dropped}, seconds: selections "
+            f"{self.selection_seconds:.3g} (callback {self.callback_seconds:.3g}, kernel "
+            f"{self.kernel_seconds:.3g}, anchor {self.anchor_seconds:.3g}), checks "
+            f"{self.check_seconds:.3g}"
+            + (f"; latest {latest}" if latest else "")
+            + f"; {len(self.selections)} selection and {len(self.checks)} check records)"
+        )
+
     def metrics(self) -> dict[str, float]:
         """The totals and the latest ρ, T1 and P as one flat dict of numbers, for a logger
         (``LightningModule.log_dict``, TensorBoard's ``add_scalars``, ...): ``steps``,
