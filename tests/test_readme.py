@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from pathlib import Path
 
 import torch
@@ -64,3 +66,16 @@ def test_kernel_example_runs() -> None:
     exec(compile(python_blocks()[1], "README.md", "exec"), namespace)
     out = namespace["out"]
     assert out.indices.shape == (50, 13)  # type: ignore[attr-defined]
+
+
+def test_every_python_block_of_the_readme_and_docs_parses() -> None:
+    # (the blocks that are fragments of a loop still have to be Python: the sampler guide's
+    # checkpoint snippet was a SyntaxError)
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [(page, block) for page in pages for block in python_blocks(page)]
+    assert len(blocks) >= 10
+    for page, block in blocks:
+        try:
+            ast.parse(textwrap.dedent(block))
+        except SyntaxError as err:
+            raise AssertionError(f"{page.relative_to(ROOT)}: {err}\n{block}") from err
