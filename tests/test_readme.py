@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import builtins
+import logging
 import re
+import symtable
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -79,3 +83,59 @@ def test_every_python_block_of_the_readme_and_docs_parses() -> None:
             ast.parse(textwrap.dedent(block))
         except SyntaxError as err:
             raise AssertionError(f"{page.relative_to(ROOT)}: {err}\n{block}") from err
+
+
+def free_names(code: str) -> set[str]:
+    """Names a block reads but neither defines nor imports (nor are builtins): a block without
+    any is self-contained."""
+    top = symtable.symtable(code, "<block>", "exec")
+    defined = {
+        s.get_name() for s in top.get_symbols()
+        if s.is_assigned() or s.is_imported() or s.is_namespace()
+    }  # fmt: skip
+    used: set[str] = set()
+
+    def walk(table: symtable.SymbolTable) -> None:
+        for sym in table.get_symbols():
+            if sym.is_referenced() and (table is top or sym.is_global()):
+                used.add(sym.get_name())
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    return used - defined - set(dir(builtins))
+
+
+def self_contained_blocks() -> list[tuple[str, str]]:
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    return [
+        (f"{page.relative_to(ROOT)}:{k}", textwrap.dedent(block))
+        for page in pages
+        for k, block in enumerate(python_blocks(page))
+        if not free_names(textwrap.dedent(block))
+    ]
+
+
+def test_free_names_finds_what_a_block_needs() -> None:
+    assert free_names("import torch\nx = torch.ones(2)\nprint(x, y)") == {"y"}
+    assert free_names("def f(a):\n    return a + b\nf(1)") == {"b"}
+    assert free_names("from m import g\nclass C:\n    z = g\n") == set()
+
+
+def test_the_self_contained_blocks_are_found() -> None:
+    names = [name for name, _ in self_contained_blocks()]
+    # the kernel example, the state declaration and the telemetry example at least
+    assert {"README.md:1", "docs/architecture.md:0", "docs/sampler.md:2"} <= set(names), names
+
+
+@pytest.mark.parametrize("name", [name for name, _ in self_contained_blocks()])
+def test_every_self_contained_block_runs(name: str) -> None:
+    # the blocks that need nothing from around them run as written, in a fresh namespace
+    code = dict(self_contained_blocks())[name]
+    library = logging.getLogger("coreset_sampler")
+    level, root_handlers = library.level, list(logging.getLogger().handlers)
+    try:
+        exec(compile(code, name, "exec"), {"__name__": "__docs__"})
+    finally:  # (a block may configure logging: the other tests get it back as it was)
+        library.setLevel(level)
+        logging.getLogger().handlers[:] = root_handlers

@@ -132,7 +132,7 @@ def test_reselects_every_reselect_every_epochs_and_logs(caplog: pytest.LogCaptur
     n = 200
     proxies = Proxies(n)
     s = CraigBatchSampler(n, 5, callback=proxies, budget=0.1, reselect_every=2, seed=0)
-    with caplog.at_level(logging.INFO, logger="coreset_sampler.samplers.craig"):
+    with caplog.at_level(logging.DEBUG, logger="coreset_sampler.samplers.craig"):
         for _ in range(5):
             batches_of(s)
     assert len(proxies.calls) == 3  # epochs 0, 2, 4

@@ -456,7 +456,7 @@ def test_telemetry_records_and_counters() -> None:
 
 
 def test_logs_selections(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="coreset_sampler.samplers.crest"):
+    with caplog.at_level("DEBUG", logger="coreset_sampler.samplers.crest"):
         stream(make(400, 8), 1)
     assert any("selection 0 (initial)" in rec.getMessage() for rec in caplog.records)
 

@@ -76,7 +76,7 @@ def test_cycles_in_fresh_order_and_reselects_every_reselect_every_steps(
     s = KCenterBatchSampler(
         n, 5, callback=proxies, budget=0.5, pool_size=20, num_pools=3, reselect_every=6, seed=0
     )
-    with caplog.at_level(logging.INFO, logger="coreset_sampler.samplers.k_center"):
+    with caplog.at_level(logging.DEBUG, logger="coreset_sampler.samplers.k_center"):
         batches = batches_of(s)  # 30 steps: selections at steps 0, 6, ..., 24
     assert len(batches) == 30 and len(proxies.calls) == 5
     first = [tuple(b) for b in batches[:6]]

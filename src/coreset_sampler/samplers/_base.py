@@ -38,6 +38,7 @@ class BudgetedSampler(Sampler[list[int]]):
     _kind: str  # the kind of state it saves and reads: its class's name in the library
     _stream: BudgetedStream
     _state: Composite
+    _telemetry: Telemetry
 
     def _compose(
         self,
@@ -52,6 +53,18 @@ class BudgetedSampler(Sampler[list[int]]):
         # budget is refused for its budget, not for what follows from it)
         config = {**stream.config(), **(settings or {})}
         self._state = Composite(self._kind, STATE_VERSION, {**parts, "stream": stream}, config)
+
+    def _end_pass(self) -> None:
+        """A pass's last batch was taken: the epoch's INFO line, then the next epoch."""
+        stream = self._stream
+        self._telemetry.epoch_done(
+            stream.epoch, stream.step_in_epoch, stream.num_samples, self._dropping()
+        )
+        stream.end_pass()
+
+    def _dropping(self) -> int | None:
+        """Examples dropped so far, or ``None`` for a sampler that does not drop any."""
+        return None
 
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(budget · num_samples / batch_size)`` (floor with
@@ -136,14 +149,13 @@ class PoolSampler(BudgetedSampler):
     _selection: PoolSelection
     _policy: EveryNSteps | MonitorChecks
     _cycle: CoresetCycle
-    _telemetry: Telemetry
 
     def __iter__(self) -> Iterator[list[int]]:
         stream = self._stream
         stream.begin_pass()
         while stream.step_in_epoch < stream.num_steps:
             yield self._next_batch()
-        stream.end_pass()
+        self._end_pass()
 
     def _next_batch(self) -> list[int]:
         stream = self._stream
@@ -173,6 +185,7 @@ class PoolSampler(BudgetedSampler):
             active_size=int(active.shape[0]), num_proxies=int(chosen.examples.shape[0]),
             callback_seconds=chosen.callback_seconds, kernel_seconds=chosen.kernel_seconds,
             anchor_seconds=anchor_seconds, seconds=time.perf_counter() - start,
+            **self._telemetry.history(chosen.coresets, chosen.weights),
         )  # fmt: skip
         self._telemetry.selection(record)
 

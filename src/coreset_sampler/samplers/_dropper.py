@@ -117,7 +117,7 @@ class LearnedExampleDropper(Stateful):
         self.low_since[ready] = -1
         self._active_cache = None
         self.dropped.extend(ready.tolist())
-        logger.info(
+        logger.debug(
             "dropped %d learned examples at step %d (%d dropped in all, active set %d)",
             ready.size,
             step,

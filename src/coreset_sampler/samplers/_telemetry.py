@@ -1,15 +1,19 @@
 """What the samplers report: a record per selection and per check, and running totals.
 
-:class:`Telemetry` keeps the last records (a bounded history, not saved) and the totals
-(counters, part of the state), logs each selection through the sampler's logger, and gives a
-:class:`SamplerTelemetry` snapshot on request. The library never prints.
+:class:`Telemetry` keeps the last records (a bounded history, not saved; with
+``record_coresets`` each selection record holds the chosen indices and weights) and the totals
+(counters, part of the state), logs each selection and check at DEBUG and one line per epoch
+at INFO through the sampler's logger, and gives a :class:`SamplerTelemetry` snapshot on
+request. The library never prints.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from coreset_sampler._checks import check_positive_int
 from coreset_sampler._state import COUNTERS, Stateful
@@ -45,6 +49,10 @@ class SelectionRecord:
         kernel_seconds: time in :func:`greedy_facility_location` (and building its input).
         anchor_seconds: time in ``monitor.anchor`` (0 without a monitor).
         seconds: total time of the selection.
+        coresets: the chosen example indices, one tuple per coreset (P for CREST and
+            k-center, one for CRAIG), when the sampler was built with
+            ``record_coresets=True``; else ``None``.
+        weights: their weights, in the same order (``None`` as ``coresets``).
     """
 
     step: int
@@ -59,6 +67,27 @@ class SelectionRecord:
     kernel_seconds: float
     anchor_seconds: float
     seconds: float
+    coresets: tuple[tuple[int, ...], ...] | None = None
+    weights: tuple[tuple[float, ...], ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, for a logger or a table (``coresets`` and ``weights``
+        are left out when not recorded)."""
+        out = asdict(self)
+        if self.coresets is None:
+            del out["coresets"], out["weights"]
+        return out
+
+    def __repr__(self) -> str:
+        fields = self.as_dict()
+        if self.coresets is not None:  # (the indices are in the attributes, not the line)
+            sizes = [len(c) for c in self.coresets]
+            fields["coresets"] = f"<{len(sizes)} coresets of {sum(sizes)} indices>"
+            del fields["weights"]
+        body = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+        )
+        return f"SelectionRecord({body})"
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,10 @@ class CheckRecord:
     rho: float
     reselect: bool
     interval: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, for a logger or a table."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -174,14 +207,29 @@ class SamplerTelemetry:
 class Telemetry(Stateful):
     """Records and totals of a sampler's selections and checks.
 
-    ``label`` starts the log line of a selection (``"CRAIG "``: "CRAIG selection 3 ...").
+    ``label`` starts the log lines (``"CRAIG "``: "CRAIG selection 3 ..."); with
+    ``record_coresets`` the selection records keep the chosen indices and weights; a sampler
+    that never selects (``selects=False``, random batches) leaves the totals out of its epoch
+    lines.
     """
 
     counters: dict[str, float]
 
-    def __init__(self, size: int, logger: logging.Logger, label: str = "") -> None:
+    def __init__(
+        self,
+        size: int,
+        logger: logging.Logger,
+        label: str = "",
+        *,
+        record_coresets: bool = False,
+        selects: bool = True,
+    ) -> None:
         super().__init__()
         self.size = check_positive_int("telemetry_size", size)
+        if not isinstance(record_coresets, bool):
+            raise TypeError(f"record_coresets should be a bool, but got {record_coresets!r}")
+        self.record_coresets = record_coresets
+        self.selects = selects
         self.logger = logger
         self.label = label
         self.selections: deque[SelectionRecord] = deque(maxlen=self.size)
@@ -192,6 +240,18 @@ class Telemetry(Stateful):
     def num_selections(self) -> int:
         return int(self.counters["num_selections"])
 
+    def history(
+        self, coresets: Sequence[Sequence[int]], weights: Sequence[Sequence[float]]
+    ) -> dict[str, Any]:
+        """The ``coresets``/``weights`` fields of a selection record: the chosen indices and
+        weights when recording them, else nothing."""
+        if not self.record_coresets:
+            return {}
+        return {
+            "coresets": tuple(tuple(int(i) for i in c) for c in coresets),
+            "weights": tuple(tuple(float(w) for w in ws) for ws in weights),
+        }
+
     def selection(self, record: SelectionRecord) -> None:
         index = self.num_selections
         self.selections.append(record)
@@ -201,13 +261,33 @@ class Telemetry(Stateful):
         c["kernel_seconds"] += record.kernel_seconds
         c["selection_seconds"] += record.seconds
         c["anchor_seconds"] += record.anchor_seconds
-        self.logger.info("%sselection %d (%s): %s", self.label, index, record.reason, record)
+        self.logger.debug("%sselection %d (%s): %s", self.label, index, record.reason, record)
 
     def check(self, record: CheckRecord) -> None:
         self.checks.append(record)
         self.counters["num_checks"] += 1
         self.counters["check_seconds"] += record.seconds
         self.logger.debug("check at step %d: %s", record.step, record)
+
+    def epoch_done(
+        self, epoch: int, num_batches: int, num_samples: int, num_dropped: int | None = None
+    ) -> None:
+        """The INFO line at the end of a pass: its batches, the totals so far, and for a
+        sampler that drops examples (``num_dropped`` not ``None``) how many it dropped in
+        all so far, and their share of the data."""
+        c = self.counters
+        line = f"{self.label}epoch {epoch} done: {num_batches} batches"
+        if self.selects:
+            line += (
+                f"; {int(c['num_selections'])} selections and {int(c['num_checks'])} checks so "
+                f"far, {c['selection_seconds'] + c['check_seconds']:.3g} s in the sampler"
+            )
+        if num_dropped is not None:
+            line += (
+                f"; {num_dropped} learned examples dropped so far ({num_dropped / num_samples:.1%}"
+                f" of {num_samples}), {num_samples - num_dropped} active"
+            )
+        self.logger.info("%s", line)
 
     def snapshot(self, num_steps: int, num_dropped: int = 0) -> SamplerTelemetry:
         c = self.counters

@@ -175,6 +175,9 @@ class CraigBatchSampler(BudgetedSampler):
         seed: seed of the random streams (0 when neither ``seed`` nor ``generator`` is given).
         generator: a :class:`torch.Generator` to draw the seed from (once, at construction).
         telemetry_size: selection records kept in :attr:`telemetry`.
+        record_coresets: keep each selection's chosen indices and weights in its
+            :class:`~coreset_sampler.samplers.SelectionRecord` (``coresets``, ``weights``), a
+            history of what was selected over time, at most ``telemetry_size`` selections.
 
     Raises:
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
@@ -219,6 +222,7 @@ class CraigBatchSampler(BudgetedSampler):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         telemetry_size: int = 1000,
+        record_coresets: bool = False,
     ) -> None:
         stream = BudgetedStream(
             data_source, batch_size, budget=budget, drop_last=drop_last, seed=seed,
@@ -229,7 +233,9 @@ class CraigBatchSampler(BudgetedSampler):
             callback_batch_size=callback_batch_size, similarity=similarity, method=method,
             epsilon=epsilon, chunk_size=chunk_size,
         )  # fmt: skip
-        self._telemetry = Telemetry(telemetry_size, logger, "CRAIG ")
+        self._telemetry = Telemetry(
+            telemetry_size, logger, "CRAIG ", record_coresets=record_coresets
+        )
         self._compose(stream, {"coreset": self._selection, "telemetry": self._telemetry})
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -245,7 +251,7 @@ class CraigBatchSampler(BudgetedSampler):
         for k in range(skip, stream.num_steps):
             stream.advance()
             yield [WeightedIndex(coreset[p], weights[p]) for p in batches[k].tolist()]
-        stream.end_pass()
+        self._end_pass()
 
     def _select(self, epoch: int) -> None:
         start = time.perf_counter()
@@ -258,6 +264,7 @@ class CraigBatchSampler(BudgetedSampler):
             active_size=self.num_samples, num_proxies=self.num_samples,
             callback_seconds=callback_seconds, kernel_seconds=kernel_seconds,
             anchor_seconds=0.0, seconds=time.perf_counter() - start,
+            **self._telemetry.history([self._selection.coreset], [self._selection.weights]),
         )  # fmt: skip
         self._telemetry.selection(record)
 

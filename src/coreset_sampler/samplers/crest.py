@@ -97,6 +97,9 @@ class CrestBatchSampler(PoolSampler):
         generator: a :class:`torch.Generator` to draw the seed from (once, at construction).
         history_size: batches remembered by :meth:`weights_for`.
         telemetry_size: records kept in :attr:`telemetry` (the totals are never truncated).
+        record_coresets: keep each selection's chosen indices and weights in its
+            :class:`~coreset_sampler.samplers.SelectionRecord` (``coresets``, ``weights``), a
+            history of what was selected over time, at most ``telemetry_size`` selections.
         num_replicas: processes of a distributed run (default: the process group's size).
         rank: this process's rank (default: its rank in the process group, 0 without one).
 
@@ -146,6 +149,7 @@ class CrestBatchSampler(PoolSampler):
         generator: torch.Generator | None = None,
         history_size: int = 4096,
         telemetry_size: int = 1000,
+        record_coresets: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
@@ -180,7 +184,9 @@ class CrestBatchSampler(PoolSampler):
             callback, n, m, labels=labels, pool_size=pool_size, limit=least, over=over,
             solve=solve,
         )  # fmt: skip
-        self._telemetry = Telemetry(telemetry_size, logger)
+        self._telemetry = Telemetry(
+            telemetry_size, logger, "CREST ", record_coresets=record_coresets
+        )
         self._policy: EveryNSteps | MonitorChecks
         if monitor is None:
             self._policy = EveryNSteps(20 if reselect_every is None else reselect_every, num_pools)
@@ -224,6 +230,9 @@ class CrestBatchSampler(PoolSampler):
 
     def _num_dropped(self) -> int:
         return len(self._dropper.dropped)
+
+    def _dropping(self) -> int | None:
+        return len(self._dropper.dropped) if self._dropper.rule is not None else None
 
     # -- what users read and report -------------------------------------------------------
 

@@ -65,6 +65,9 @@ class KCenterBatchSampler(PoolSampler):
         seed: seed of the random streams (0 when neither ``seed`` nor ``generator`` is given).
         generator: a :class:`torch.Generator` to draw the seed from (once, at construction).
         telemetry_size: selection records kept in :attr:`telemetry`.
+        record_coresets: keep each selection's chosen indices and weights in its
+            :class:`~coreset_sampler.samplers.SelectionRecord` (``coresets``, ``weights``), a
+            history of what was selected over time, at most ``telemetry_size`` selections.
 
     Raises:
         TypeError: on arguments of the wrong type (including ``True`` where an int is meant).
@@ -101,6 +104,7 @@ class KCenterBatchSampler(PoolSampler):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         telemetry_size: int = 1000,
+        record_coresets: bool = False,
     ) -> None:
         stream = BudgetedStream(
             data_source, batch_size, budget=budget, drop_last=drop_last, seed=seed,
@@ -114,7 +118,9 @@ class KCenterBatchSampler(PoolSampler):
         )  # fmt: skip
         self._policy = EveryNSteps(reselect_every, num_pools)
         self._cycle = CoresetCycle(n)
-        self._telemetry = Telemetry(telemetry_size, logger, "k-center ")
+        self._telemetry = Telemetry(
+            telemetry_size, logger, "k-center ", record_coresets=record_coresets
+        )
         self._compose(
             stream,
             {"policy": self._policy, "cycle": self._cycle, "telemetry": self._telemetry,

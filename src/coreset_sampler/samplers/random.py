@@ -64,7 +64,7 @@ class RandomBatchSampler(BudgetedSampler):
             data_source, batch_size, budget=budget, drop_last=drop_last, seed=seed,
             generator=generator, num_replicas=num_replicas, rank=rank,
         )  # fmt: skip
-        self._telemetry = Telemetry(1, logger)
+        self._telemetry = Telemetry(1, logger, "random batches ", selects=False)
         self._compose(stream, {})
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -85,7 +85,7 @@ class RandomBatchSampler(BudgetedSampler):
                 continue
             stream.advance()
             yield [WeightedIndex(int(i), 1.0) for i in chunk]
-        stream.end_pass()
+        self._end_pass()
 
     @property
     def telemetry(self) -> SamplerTelemetry:
