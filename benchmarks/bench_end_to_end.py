@@ -119,8 +119,10 @@ def run_one(name: str, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
         method, model, train_set, test_set, np.asarray(labels), recipe,
         budget=opts["budget"] if budget is None else budget, seed=seed,
         device=torch.device("cpu"), max_steps=opts["max_steps"], crest=CrestConfig(**overrides),
+        log_sampler=False,
     )  # fmt: skip
     result.pop("history", None)
+    result.pop("trace", None)
     return {"name": name, "seed": seed, **result}
 
 

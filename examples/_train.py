@@ -8,12 +8,14 @@ The loop is an ordinary PyTorch loop. CREST changes two things in it: the DataLo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,8 +220,11 @@ def train_one(
     augment: bool = False,
     max_steps: int | None = None,
     crest: CrestConfig | None = None,
+    log_sampler: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` with one method; returns per-epoch history and final numbers.
+
+    With ``log_sampler`` the sampler's INFO lines (one per epoch) are shown.
 
     ``seconds`` is the training wall time (data loading, selection, checks, forward, backward,
     optimizer), without the per-epoch test evaluation, which is timed apart (``eval_s``).
@@ -240,47 +245,52 @@ def train_one(
     history: list[dict[str, Any]] = []
     train_s = eval_s = 0.0
     steps = 0
-    for epoch in range(recipe.epochs):
-        t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        for k, (x, y, w) in enumerate(loader):
-            if max_steps is not None and k >= max_steps:
-                break
-            x, y, w = x.to(device), y.to(device), w.to(device)
-            if augment:
-                x = augment_crop_flip(x, aug_gen)
-            out = model(x)
-            loss = (w * F.cross_entropy(out, y, reduction="none")).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            steps += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += float((out.argmax(1) == y).sum())
-            seen += len(y)
-        epoch_s = time.perf_counter() - t0
-        train_s += epoch_s
-        t1 = time.perf_counter()
-        acc = evaluate(model, test_set, device)
-        eval_s += time.perf_counter() - t1
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
-            "test_acc": acc,
-            "seconds": epoch_s,
-            "train_s": train_s,
-            "lr": optimizer.param_groups[0]["lr"],
-            "selections": overheads(sampler)["selections"],
-        }
-        history.append(row)
-        print(
-            f"[{method:>6}] epoch {epoch + 1:3d}/{recipe.epochs}  loss {row['loss']:.4f}  "
-            f"train acc {100 * row['train_acc']:5.1f}%  test acc {100 * acc:5.2f}%  "
-            f"{epoch_s:6.1f} s  selections {row['selections']}",
-            flush=True,
-        )
+    with sampler_logging() if log_sampler else contextlib.nullcontext():
+        for epoch in range(recipe.epochs):
+            t0 = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            bar = progress(loader, f"[{method:>6}] epoch {epoch + 1}/{recipe.epochs}")
+            for k, (x, y, w) in enumerate(bar):
+                if max_steps is not None and k >= max_steps:
+                    break
+                x, y, w = x.to(device), y.to(device), w.to(device)
+                if augment:
+                    x = augment_crop_flip(x, aug_gen)
+                out = model(x)
+                loss = (w * F.cross_entropy(out, y, reduction="none")).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                steps += 1
+                loss_sum += float(loss.detach()) * len(y)
+                correct += float((out.argmax(1) == y).sum())
+                seen += len(y)
+            close = getattr(bar, "close", None)
+            if close is not None:
+                close()
+            epoch_s = time.perf_counter() - t0
+            train_s += epoch_s
+            t1 = time.perf_counter()
+            acc = evaluate(model, test_set, device)
+            eval_s += time.perf_counter() - t1
+            row = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1),
+                "test_acc": acc,
+                "seconds": epoch_s,
+                "train_s": train_s,
+                "lr": optimizer.param_groups[0]["lr"],
+                "selections": overheads(sampler)["selections"],
+            }
+            history.append(row)
+            print(
+                f"[{method:>6}] epoch {epoch + 1:3d}/{recipe.epochs}  loss {row['loss']:.4f}  "
+                f"train acc {100 * row['train_acc']:5.1f}%  test acc {100 * acc:5.2f}%  "
+                f"{epoch_s:6.1f} s  selections {row['selections']}",
+                flush=True,
+            )
     return {
         "method": method,
         "test_acc": history[-1]["test_acc"],
@@ -290,7 +300,62 @@ def train_one(
         "steps_per_epoch": steps_per_epoch,
         **overheads(sampler),
         "history": history,
+        "trace": trace(sampler),
     }
+
+
+def trace(sampler: Any) -> dict[str, Any] | None:
+    """The steps of the selections and checks, ρ and T1, from the sampler's telemetry (the
+    last ``telemetry_size`` records; ``None`` without telemetry)."""
+    t = getattr(sampler, "telemetry", None)
+    if t is None:
+        return None
+    tau = getattr(getattr(sampler, "monitor", None), "threshold", None)
+    return {
+        "selection_steps": [r.step for r in t.selections],
+        "check_steps": [r.step for r in t.checks],
+        "rho": [r.rho for r in t.checks],
+        "interval": [r.interval for r in t.checks],
+        "tau": tau,
+    }
+
+
+def progress(loader: Iterable[Any], desc: str) -> Iterable[Any]:
+    """``loader`` with a progress bar inside the epoch when tqdm is installed (the
+    ``examples`` extra) and stderr is a terminal; the plain loader otherwise."""
+    try:
+        # (not tqdm.auto: its asyncio variant calls iter(loader) when built, and a DataLoader
+        # with workers starts a pass, drawing the sampler's batches, at each iter)
+        from tqdm import tqdm
+    except ImportError:
+        return loader
+    return tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def sampler_logging() -> Iterator[None]:
+    """Show the samplers' INFO lines (one per epoch: selections, checks, dropped examples)
+    while the examples run, through tqdm's logging redirect when it is installed; the
+    logging configuration is put back afterwards."""
+    library = logging.getLogger("coreset_sampler")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    level, propagate = library.level, library.propagate
+    library.setLevel(logging.INFO)
+    library.addHandler(handler)
+    library.propagate = False
+    try:
+        try:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+        except ImportError:
+            yield
+        else:
+            with logging_redirect_tqdm([library]):
+                yield
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(level)
+        library.propagate = propagate
 
 
 # --------------------------------------------------------------------------- reporting
@@ -450,7 +515,9 @@ def hardware() -> dict[str, Any]:
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Test accuracy against epochs and against training seconds (needs matplotlib)."""
+    """Test accuracy against epochs and against training seconds and, for the methods whose
+    sampler checks (CREST), ρ at each check, T1 and the selections over the steps (needs
+    matplotlib)."""
     try:
         import matplotlib
 
@@ -459,7 +526,9 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> Pat
     except ImportError:
         print("matplotlib not installed: no plot (pip install matplotlib)")
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    traced = {n: r["trace"] for n, r in results.items() if (r.get("trace") or {}).get("rho")}
+    fig, axes = plt.subplots(1, 3 if traced else 2, figsize=(15 if traced else 10, 4))
+    ax1, ax2 = axes[0], axes[1]
     for name, r in results.items():
         epochs = [h["epoch"] for h in r["history"]]
         acc = [100 * h["test_acc"] for h in r["history"]]
@@ -470,6 +539,22 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> Pat
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
+    if traced:
+        ax3 = axes[2]
+        twin = ax3.twinx()
+        for name, t in traced.items():
+            (line,) = ax3.plot(t["check_steps"], t["rho"], ".", ms=3, label=f"{name} rho")
+            twin.step(t["check_steps"], t["interval"], where="post", color=line.get_color(),
+                      alpha=0.5, ls="--", label=f"{name} T1")  # fmt: skip
+            ax3.plot(t["selection_steps"], [0] * len(t["selection_steps"]), "|", ms=12,
+                     color=line.get_color(), label=f"{name} selections")  # fmt: skip
+            if t.get("tau") is not None:
+                ax3.axhline(t["tau"], ls="--", lw=0.8, color="grey", label="tau")
+        ax3.set(xlabel="step", ylabel="rho at each check (dots), selections (ticks)")
+        ax3.set_ylim(bottom=-0.02)
+        twin.set_ylabel("T1, steps between checks (dashed)")
+        ax3.legend(loc="upper left", fontsize=8)
+        ax3.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
 import pickle
 import struct
@@ -159,10 +160,22 @@ def test_fashion_mnist_example_runs(
     saved = json.loads(out.read_text())
     assert saved["results"]["crest"]["test_acc"] == results["crest"]["test_acc"]
     assert saved["num_train"] == 300
-    pytest.importorskip("matplotlib")
-    assert out.with_suffix(".png").is_file()
-    text = capsys.readouterr().out
+    trace = results["crest"]["trace"]
+    assert len(trace["selection_steps"]) == results["crest"]["selections"]
+    assert len(trace["rho"]) == len(trace["interval"]) == results["crest"]["checks"] > 0
+    assert trace["tau"] == 0.2 and results["full"]["trace"] is None
+    captured = capsys.readouterr()
+    text = captured.out
     assert "rel err" in text and "final [crest] test acc" in text and "epoch   2/2" in text
+    # the sampler's INFO line of every epoch is shown, and the logging set-up is put back
+    assert "CREST epoch 1 done: 2 batches" in captured.err, captured.err
+    assert "learned examples dropped so far" in captured.err
+    assert "random batches epoch 0 done: 2 batches" in captured.err
+    library = logging.getLogger("coreset_sampler")
+    assert not library.handlers and library.level == logging.NOTSET and library.propagate
+    plt = pytest.importorskip("matplotlib.pyplot")
+    # accuracy by epoch, accuracy by time, and CREST's rho, T1 and selections by step
+    assert plt.imread(out.with_suffix(".png")).shape[1] == 15 * 120
 
 
 # --------------------------------------------------------------------------- training loop
