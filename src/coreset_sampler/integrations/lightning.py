@@ -24,13 +24,17 @@ except ImportError as err:  # pragma: no cover - exercised only without lightnin
 
 from coreset_sampler.samplers._base import BudgetedSampler
 
+from .checkpoint import AllRanksState
+
 __all__ = ["SamplerCallback"]
 
 
 class SamplerCallback(Callback):
     """Keep a coreset sampler's state in Lightning checkpoints, set its epoch, log it.
 
-    * **Checkpoints**: the sampler's ``state_dict()`` is saved with the callback's state; on
+    * **Checkpoints**: the sampler's state (every rank's, through
+      :class:`~coreset_sampler.integrations.checkpoint.AllRanksState`) is saved with the
+      callback's state; on
       ``trainer.fit(..., ckpt_path=...)`` it is loaded back before the first batch, so the
       batches and weights after the resume are those of the uninterrupted run (checkpoints
       at the end of an epoch, or mid-epoch with ``num_workers=0``; with workers see
@@ -81,7 +85,7 @@ class SamplerCallback(Callback):
                     "DataLoader(..., batch_sampler=sampler)"
                 )
         if self._pending is not None:
-            self.sampler.load_state_dict(self._pending)
+            AllRanksState(self.sampler).load_state_dict(self._pending)
             self._pending = None
         return self.sampler
 
@@ -110,15 +114,16 @@ class SamplerCallback(Callback):
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
+        # every rank's state (Lightning writes rank 0's checkpoint; every rank calls this)
         if self.sampler is None:
             return {} if self._pending is None else {"sampler": self._pending}
-        return {"sampler": self.sampler.state_dict()}
+        return {"sampler": AllRanksState(self.sampler).state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("sampler")
         if state is None:
             return
         if self.sampler is not None:
-            self.sampler.load_state_dict(state)
+            AllRanksState(self.sampler).load_state_dict(state)
         else:  # the sampler is built later, in train_dataloader(): load it there
             self._pending = state

@@ -180,6 +180,11 @@ class BudgetedStream(Stateful):
 
     def _after_load(self) -> None:
         self.resume = True
+        if self.step_in_epoch == self.num_steps:
+            # saved after the epoch's last batch: what comes next is the next epoch, from its
+            # start (and ``epoch`` says so, for a loop that resumes at ``sampler.epoch``)
+            self.epoch += 1
+            self.step_in_epoch = 0
 
 
 class CoresetCycle(Stateful):
