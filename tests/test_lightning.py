@@ -174,3 +174,24 @@ def test_errors(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="found no coreset_sampler batch sampler"):
         fit(Plain(), tmp_path, 1)
+
+
+@pytest.mark.ddp
+def test_resume_under_ddp_gives_each_rank_its_own_batches(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(root / "tests" / "_lightning_ddp.py"), str(tmp_path)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, result in enumerate(ranks):
+        assert result["rank"] == r and result["world"] == 2
+        assert [e for e, _, _ in result["full"]] == [0] * 3 + [1] * 3  # 3 batches per rank
+        assert result["first"] == result["full"]  # (the run that wrote the checkpoint)
+        assert result["resumed"] == result["full"][4:]  # this rank's batches, after step 4
+        assert result["params"][0] == result["params"][1]
+    assert ranks[0]["full"] != ranks[1]["full"]  # each rank its share
