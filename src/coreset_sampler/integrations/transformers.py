@@ -159,9 +159,10 @@ class CoresetTrainer(Trainer):
     * **Logging**: the sampler's ``telemetry.metrics()`` join the Trainer's logs as
       ``sampler/<name>``.
 
+    The other arguments are those of ``transformers.Trainer``.
+
     Args:
         batch_sampler: one of the library's batch samplers over ``train_dataset``.
-        *args, **kwargs: those of ``transformers.Trainer``.
     """
 
     def __init__(self, *args: Any, batch_sampler: BudgetedSampler, **kwargs: Any) -> None:
