@@ -1,11 +1,18 @@
 """Test session set-up: the compiled kernel is compiled before the tests that time or route
 through it (in the library, ``method="auto"`` compiles it in the background on first use and
-uses the PyTorch solvers until it is ready)."""
+uses the PyTorch solvers until it is ready); without a CUDA device, Triton's kernels run in its
+CPU interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is first imported: here,
+before any test imports it)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from coreset_sampler.kernels.facility_location import _lazy
 

@@ -10,8 +10,9 @@ weight each selected point by the size of its cluster.
 One entry, one dispatch: :func:`greedy_facility_location` checks its arguments once into a
 problem description (:mod:`._problem`), picks a solver from a table keyed by method and device
 (:data:`_SOLVERS`), and the solver, a module of its own, returns the result: :mod:`._naive`,
-:mod:`._incremental`, :mod:`._stochastic` (PyTorch, any device) and :mod:`._lazy` (compiled,
-CPU). ``docs/facility_location.md`` explains each and why they pick alike.
+:mod:`._incremental`, :mod:`._stochastic` (PyTorch, any device), :mod:`._lazy` (compiled,
+CPU) and :mod:`._triton` (Triton kernels, CUDA). ``docs/facility_location.md`` explains each
+and why they pick alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from coreset_sampler._checks import check_choice
 
-from . import _incremental, _naive, _stochastic
+from . import _incremental, _naive, _stochastic, _triton
 from ._problem import METHODS, FacilityLocationResult, Method, Problem, SimilarityName, describe
 from ._torch import cluster_sizes, materialises, prepare
 
@@ -59,6 +60,7 @@ _SOLVERS: dict[tuple[str, str | None], Solver] = {
     ("incremental", None): _incremental.solve,
     ("stochastic", None): _stochastic.solve,
     ("lazy", "cpu"): _solve_lazy,
+    ("triton", None): lambda problem, generator: _triton.solve(problem),  # (ties: see below)
 }
 
 
@@ -89,9 +91,13 @@ def greedy_facility_location(
     Methods: ``"naive"`` (dense, every gain every step), ``"incremental"`` (exact, corrects
     only the gains that change; no ``n×n`` matrix with ``chunk_size``), ``"stochastic"``
     (stochastic greedy, ``1 − 1/e − epsilon`` in expectation), ``"lazy"`` (exact, compiled with
-    numba, CPU: the fastest), ``"auto"`` (lazy on CPU with numba for named similarities without
+    numba, CPU: the fastest there), ``"triton"`` (exact, Triton kernels on CUDA float32
+    features with a named similarity: one fused launch per call up to 128 points, two per
+    greedy step above), ``"auto"`` (lazy on CPU with numba for named similarities without
     ``chunk_size``, up to 64 features or, for features that are not float64, a small enough
-    batch; else naive up to 128 points, incremental above). The exact methods pick alike.
+    batch; triton on CUDA float32 features with a named similarity and no ``chunk_size`` when
+    Triton imports; else naive up to 128 points, incremental above). The exact methods pick
+    alike.
     Costs, memory and exactness: ``docs/facility_location.md``.
 
     Args:
@@ -101,7 +107,8 @@ def greedy_facility_location(
         mask: optional boolean ``[..., n]``; ``False`` rows are padding: neither candidates nor
             counted, and their features may hold anything.
         similarity: a name from the list above, or a precomputed ``[..., n, n]`` tensor.
-        method: ``"auto"``, ``"naive"``, ``"incremental"``, ``"stochastic"`` or ``"lazy"``.
+        method: ``"auto"``, ``"naive"``, ``"incremental"``, ``"stochastic"``, ``"lazy"`` or
+            ``"triton"``.
         epsilon: accuracy of the stochastic greedy, in ``(0, 1)``.
         generator: random stream of the stochastic greedy (seed 0 when omitted).
         chunk_size: rows per block when rows are recomputed from the features.
@@ -119,7 +126,7 @@ def greedy_facility_location(
         ValueError: wrong shapes, non-finite values, ``k`` out of range for a problem, a mask
             that selects nothing in a problem, an unknown similarity or method, or points whose
             similarities would overflow. Messages name the argument, the problem and the value.
-        ImportError: ``method="lazy"`` without numba.
+        ImportError: ``method="lazy"`` without numba, ``method="triton"`` without Triton.
 
     Examples:
         >>> import torch
@@ -152,6 +159,8 @@ def greedy_facility_location(
             f"method={name!r} runs on the CPU, but the features are on {problem.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
+    if name == "triton":  # weights by the ties rule in the kernel: no PyTorch pass after it
+        return _triton.solve(problem, share=ties == "share")
     result = solver(problem, generator)
     if ties == "share":
         working = prepare(problem, "incremental")
@@ -166,5 +175,7 @@ def _auto(p: Problem) -> str:
     whose dense similarity is built (or given), else incremental."""
     if p.features is not None and p.device.type == "cpu" and _compiled().fits(p):
         return "lazy"
+    if _triton.fits(p):
+        return "triton"
     small = p.n <= NAIVE_MAX_N and materialises(p, "incremental")
     return "naive" if small else "incremental"

@@ -18,7 +18,7 @@ from torch import Tensor
 from coreset_sampler._checks import check_in_interval, check_optional_positive_int
 
 SimilarityName = Literal["neg_distance", "exp", "cosine", "dot"]
-Method = Literal["auto", "naive", "incremental", "stochastic", "lazy"]
+Method = Literal["auto", "naive", "incremental", "stochastic", "lazy", "triton"]
 
 SIMILARITIES: tuple[str, ...] = get_args(SimilarityName)
 METHODS: tuple[str, ...] = get_args(Method)
