@@ -1,10 +1,12 @@
-"""The Triton facility-location kernels against the eager PyTorch path and the compiled CPU path.
+"""The Triton kernels (facility location, k-center) against the eager PyTorch and CPU paths.
 
 On one CUDA machine, for each size: ``method="triton"`` on the GPU, the PyTorch greedy on the
 GPU that ``method="auto"`` ran there before the kernels existed (``naive`` up to 128 points,
 ``incremental`` above), and the compiled CPU greedy (``method="lazy"``, numba) on the same
 features on the host, with and without copying them there and the result back. Every timed
 method is first checked against the naive greedy on fresh random features (same picks).
+``greedy_k_center`` (farthest-point greedy) is timed the same way: its Triton kernel, its
+PyTorch path on the GPU, and its PyTorch path on the host.
 
     python benchmarks/bench_triton.py                  # on a CUDA machine
     python benchmarks/bench_triton.py --json out.json  # and every number in a file
@@ -31,7 +33,7 @@ from typing import Any
 
 import torch
 
-from coreset_sampler.kernels import greedy_facility_location
+from coreset_sampler.kernels import greedy_facility_location, greedy_k_center
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,14 @@ def runners(size: Size, device: str) -> dict[str, Callable[[torch.Tensor], Any]]
     return out
 
 
+def k_center_runners(size: Size) -> dict[str, Callable[[torch.Tensor], Any]]:
+    return {
+        "triton": lambda x: greedy_k_center(x, size.k, method="triton"),
+        "eager": lambda x: greedy_k_center(x, size.k, method="torch"),
+        "cpu-torch": lambda x: greedy_k_center(x, size.k, method="torch"),
+    }
+
+
 def check(size: Size, device: str, seed: int) -> None:
     """Every method's picks equal the naive greedy's on fresh features."""
     x = features(size, seed + 1000, device)
@@ -92,6 +102,10 @@ def check(size: Size, device: str, seed: int) -> None:
         indices = got[0] if isinstance(got, tuple) else got.indices
         if not torch.equal(indices.cpu(), ref.indices):
             raise SystemExit(f"{size.name}: {name} picks differ from the naive greedy's")
+    ref_kc = greedy_k_center(x.cpu(), size.k, method="torch")
+    got_kc = greedy_k_center(x, size.k, method="triton")
+    if not torch.equal(got_kc.indices.cpu(), ref_kc.indices):
+        raise SystemExit(f"{size.name}: k-center's Triton picks differ from its PyTorch path's")
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, cuda: bool) -> list[float]:
@@ -161,18 +175,28 @@ def main(argv: list[str] | None = None) -> int:
             cuda = device == "cuda" and name != "cpu-lazy"
             row["seconds"][name] = time_calls(lambda fn=fn, arg=arg: fn(arg), repeats, cuda)
         rows.append(row)
+        row = {"size": size.__dict__, "eager": "k-center torch", "seconds": {}}
+        for name, fn in k_center_runners(size).items():
+            arg = x_cpu if name == "cpu-torch" else x_dev
+            cuda = device == "cuda" and name != "cpu-torch"
+            row["seconds"][name] = time_calls(lambda fn=fn, arg=arg: fn(arg), repeats, cuda)
+        rows.append(row)
 
     info = hardware(device)
     print(f"## Hardware: {json.dumps(info)}\n")
-    names = list(rows[0]["seconds"])
-    print("| size | " + " | ".join(names) + " | eager / triton | cpu-lazy / triton |")
-    print("|---|" + "---|" * (len(names) + 2))
+    print("| problem | size (eager path) | triton | eager | cpu | eager / triton | cpu / triton |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         med = {n: statistics.median(t) for n, t in row["seconds"].items()}
-        cells = " | ".join(f"{med[n] * 1e6:,.0f} µs" for n in names)
-        cpu = f"{med['cpu-lazy'] / med['triton']:.2f}×" if "cpu-lazy" in med else "-"
-        name = f"{row['size']['name']} (eager: {row['eager']})"
-        print(f"| {name} | {cells} | {med['eager'] / med['triton']:.1f}× | {cpu} |")
+        problem = "k-center" if row["eager"] == "k-center torch" else "facility location"
+        cpu_name = "cpu-torch" if "cpu-torch" in med else "cpu-lazy"
+        cpu = med.get(cpu_name)
+        cells = [f"{med['triton'] * 1e6:,.0f} µs", f"{med['eager'] * 1e6:,.0f} µs"]
+        cells.append(f"{cpu * 1e6:,.0f} µs ({cpu_name})" if cpu else "-")
+        cells.append(f"{med['eager'] / med['triton']:.1f}×")
+        cells.append(f"{cpu / med['triton']:.2f}×" if cpu else "-")
+        name = f"{row['size']['name']} ({row['eager']})"
+        print(f"| {problem} | {name} | " + " | ".join(cells) + " |")
     print("\n(medians of calls after warm-up; CUDA events for the GPU, host timer for cpu-lazy)")
     if args.json:
         with open(args.json, "w") as f:

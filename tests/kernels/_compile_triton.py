@@ -12,17 +12,19 @@ from typing import Any
 POINTERS = {
     "X": "*fp32", "M": "*i1", "K": "*i64", "IDX": "*i64", "W": "*fp32", "G": "*fp32",
     "OBJ": "*fp64", "BAD": "*i32", "CUR": "*fp32", "TAKEN": "*i8", "TOL": "*fp64",
-    "COUNT": "*fp64", "GAINS": "*fp32",
+    "COUNT": "*fp64", "GAINS": "*fp32", "D": "*fp32", "FIRST": "*i64", "RAD": "*fp32",
 }  # fmt: skip
 BLOCKS: dict[str, dict[str, Any]] = {
     "fused": {"KMAX": 13, "KP": 16, "BN": 64, "HAS_MASK": True},
     "gains": {"BI": 64, "BJ": 64, "HAS_MASK": True},
     "pick": {"BLOCK": 256, "HAS_MASK": True},
+    "k_center": {"KMAX": 13, "BLOCK": 256},
 }
-# (kernel, similarity codes, extra constants): every similarity of each kernel; the largest
-# fused block (8 warps, as _triton launches it); integer arguments that Triton turns into
-# constants when a call passes 1 (the features' unit stride always; n, d or the step sometimes).
-VARIANTS: list[tuple[str, tuple[int, ...], dict[str, Any]]] = [
+# (kernel, similarity codes (None: it has none), extra constants): every similarity of each
+# kernel; the largest fused block (8 warps, as _triton launches it); integer arguments that
+# Triton turns into constants when a call passes 1 (the features' unit stride always; n, d or
+# the step sometimes).
+VARIANTS: list[tuple[str, tuple[int | None, ...], dict[str, Any]]] = [
     ("fused", (0, 1, 2, 3), {"SHARE": True}),
     ("fused", (0,), {"SHARE": False, "BN": 128, "num_warps": 8}),
     ("fused", (1,), {"SHARE": False, "n": 1, "d": 1, "KMAX": 1, "KP": 2, "BN": 16}),
@@ -30,6 +32,8 @@ VARIANTS: list[tuple[str, tuple[int, ...], dict[str, Any]]] = [
     ("gains", (0,), {"d": 1}),
     ("pick", (0, 1, 2), {}),
     ("pick", (1,), {"step": 1}),
+    ("k_center", (None,), {}),
+    ("k_center", (None,), {"n": 1, "d": 1, "KMAX": 1, "BLOCK": 16}),
 ]
 COUNT = sum(len(sims) for _, sims, _ in VARIANTS)
 
@@ -51,7 +55,9 @@ def main() -> int:
         fn = JITFunction(getattr(_triton_kernels, name))
         options = {"num_warps": extra.get("num_warps", 4)}
         for sim in sims:
-            constexprs = {**BLOCKS[name], "SIM": sim, "sxd": 1, **extra}
+            constexprs = {**BLOCKS[name], "sxd": 1, **extra}
+            if sim is not None:
+                constexprs["SIM"] = sim
             constexprs.pop("num_warps", None)
             signature = {
                 p.name: "constexpr" if p.name in constexprs else POINTERS.get(p.name, "i32")

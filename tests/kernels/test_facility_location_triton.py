@@ -232,6 +232,7 @@ def test_gpu_benchmark_script_smoke(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "| quick-4x20-k5 (eager: naive) |" in run.stdout
+    assert "| facility location | quick-4x20-k5 (naive) |" in run.stdout
+    assert "| k-center | quick-4x20-k5 (k-center torch) |" in run.stdout
     results = json.loads(out.read_text())["results"]
     assert {"triton", "eager"} <= set(results[0]["seconds"])

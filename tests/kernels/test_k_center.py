@@ -105,12 +105,83 @@ def test_leading_dimensions_and_dtypes() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_equals_cpu() -> None:
-    x = features(9, 4, 100, 6)
+@pytest.mark.parametrize("method", ["auto", "torch", "triton"])
+def test_cuda_equals_cpu(method: str) -> None:
+    if method == "triton":
+        pytest.importorskip("triton")
+    x = features(9, 4, 100, 6).float()
     cpu = greedy_k_center(x, 10)
-    gpu = greedy_k_center(x.cuda(), 10)
+    gpu = greedy_k_center(x.cuda(), 10, method=method)  # type: ignore[arg-type]
     assert torch.equal(gpu.indices.cpu(), cpu.indices)
-    torch.testing.assert_close(gpu.radii.cpu(), cpu.radii)
+    assert torch.equal(gpu.radii.cpu(), cpu.radii)
+
+
+# Triton's kernel: compiled on a CUDA device, else in its CPU interpreter (TRITON_INTERPRET=1,
+# set by tests/conftest.py), against the PyTorch path on the same float32 input.
+
+
+@pytest.fixture
+def triton_device() -> str:
+    pytest.importorskip("triton")
+    from coreset_sampler.kernels.facility_location import _triton
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if not _triton.interpreting():
+        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (see tests/conftest.py)")
+    return "cpu"
+
+
+def same_as_torch(x: torch.Tensor, k: int | torch.Tensor, device: str, **kw: torch.Tensor) -> None:
+    x = x.float()
+    ref = greedy_k_center(x, k, method="torch", **kw)
+    moved = {name: v.to(device) for name, v in kw.items()}
+    k_dev = k.to(device) if isinstance(k, torch.Tensor) else k
+    out = greedy_k_center(x.to(device), k_dev, method="triton", **moved)
+    assert out.indices.dtype == torch.int64 and out.radii.dtype == torch.float32
+    assert torch.equal(out.indices.cpu(), ref.indices)
+    torch.testing.assert_close(out.radii.cpu(), ref.radii, rtol=0, atol=0, equal_nan=True)
+
+
+def test_triton_equals_torch(triton_device: str) -> None:
+    same_as_torch(features(10, 3, 40, 5), 12, triton_device)
+    x = features(11, 1, 300, 3)
+    x[0, 10] = x[0, 280] = 10.0  # twins, farthest from the rest, in two blocks of points
+    same_as_torch(x, 6, triton_device)  # (the one of lower index first)
+    initial = torch.zeros(1, 300, dtype=torch.bool)
+    initial[0, 0] = True  # the first pick, from the distances to it: again a tie of the twins
+    same_as_torch(x, 3, triton_device, initial=initial)
+    same_as_torch(features(12, 2, 1, 2), 1, triton_device)  # n = 1
+    same_as_torch(features(13, 1, 9, 1), 9, triton_device)  # k = n, d = 1
+
+
+def test_triton_initial_centres_mask_budgets_and_duplicates(triton_device: str) -> None:
+    x = features(14, 3, 30, 4)
+    x[2, 15:] = x[2, :15]  # duplicates: ties go to the lowest index
+    mask = torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    initial = torch.zeros(3, 30, dtype=torch.bool)
+    initial[0, [2, 5]] = True
+    initial[2, 7] = True
+    k = torch.tensor([4, 20, 29])  # every other valid point in problems 1 and 2
+    same_as_torch(x, k, triton_device, mask=mask, initial=initial)
+
+
+def test_triton_refuses_what_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton")
+    from coreset_sampler.kernels.facility_location import _triton
+
+    x = features(15, 2, 10, 3)
+    with pytest.raises(ValueError, match="computes in float32"):
+        greedy_k_center(x, 3, method="triton")  # float64
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        greedy_k_center(x.float(), 3, method="triton")
+    monkeypatch.setattr(_triton, "_triton", lambda: None)
+    with pytest.raises(ImportError, match="pip install triton"):
+        greedy_k_center(x.float(), 3, method="triton")
+    with pytest.raises(ValueError, match="method should be one of"):
+        greedy_k_center(x, 3, method="fast")  # type: ignore[arg-type]
 
 
 def test_errors() -> None:

@@ -10,11 +10,14 @@ ICLR 2018).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from coreset_sampler._checks import check_choice
+
+from .facility_location import _triton
 from .facility_location._problem import (
     bool_rows,
     budgets,
@@ -49,6 +52,7 @@ def greedy_k_center(
     *,
     initial: Tensor | None = None,
     mask: Tensor | None = None,
+    method: Literal["auto", "torch", "triton"] = "auto",
 ) -> KCenterResult:
     r"""Pick ``k`` centres per problem by farthest-point greedy, for many problems at once.
 
@@ -66,6 +70,11 @@ def greedy_k_center(
             set in active learning). They are not returned and not counted in ``k``.
         mask: optional boolean ``[..., n]``; ``False`` rows are padding, never picked and not
             covered.
+        method: ``"torch"`` (a few PyTorch operations per step, any device), ``"triton"``
+            (every step in one Triton kernel launch: CUDA float32 or half features; on CPU
+            tensors only in Triton's interpreter, ``TRITON_INTERPRET=1``), or ``"auto"``
+            (triton for CUDA features that are not float64 when Triton imports, else torch).
+            Both pick alike: distances in float64 rounded once to float32.
 
     Returns:
         A :class:`KCenterResult` ``(indices, radii)``.
@@ -74,7 +83,8 @@ def greedy_k_center(
         TypeError: wrong argument types or dtypes.
         ValueError: wrong shapes, non-finite features, ``k`` out of range for a problem (it can
             be at most the number of valid points that are not initial centres), an initial
-            centre on a padding row.
+            centre on a padding row; ``method="triton"`` on float64 or CPU features.
+        ImportError: ``method="triton"`` without Triton.
 
     Examples:
         >>> import torch
@@ -83,6 +93,7 @@ def greedy_k_center(
         >>> out.indices.tolist(), out.radii.tolist()
         ([2, 3], [8.0, 2.0])
     """
+    check_choice("method", method, ("auto", "torch", "triton"))
     lead, n = check_points(features, "features")
     d = features.shape[-1]
     batch = math.prod(lead)
@@ -113,6 +124,16 @@ def greedy_k_center(
     to_mean = distances(x, mean).squeeze(-1).masked_fill(~valid, math.inf)
     central = to_mean.argmin(1)
     fresh = ~seeded.any(1)
+    if method == "auto":
+        cuda = device.type == "cuda" and dtype == torch.float32
+        method = "triton" if cuda and _triton.available() else "torch"
+    if method == "triton":
+        if dtype != torch.float32:
+            raise ValueError("method='triton' computes in float32; pass float32 features")
+        dist = dmin.masked_fill(taken, -math.inf)  # centres and padding: never picked again
+        first = torch.where(fresh, central, -1)
+        found, covered = _triton.k_center(x, dist, first, k_vec, kmax)
+        return KCenterResult(found.reshape(*lead, kmax), covered.reshape(*lead, kmax))
 
     arange = torch.arange(batch, device=device)
     picks: list[Tensor] = []

@@ -33,7 +33,7 @@ from torch import Tensor
 from ._problem import FacilityLocationResult, Problem
 from ._torch import cluster_sizes, max_distance, prepare
 
-__all__ = ["FUSED_MAX_N", "available", "fits", "interpreting", "solve"]
+__all__ = ["FUSED_MAX_N", "available", "fits", "interpreting", "k_center", "solve"]
 
 # Largest problem solved by the fused kernel (its n×n similarity lives in registers).
 FUSED_MAX_N = 128
@@ -186,6 +186,36 @@ def _tiled(kern: Any, p: Problem, share: bool) -> tuple[Tensor, Tensor, Tensor, 
     return indices, weights, gains, objective
 
 
+def k_center(x: Tensor, dist: Tensor, first: Tensor, k: Tensor, kmax: int) -> tuple[Tensor, Tensor]:
+    """Farthest-point greedy of :func:`~coreset_sampler.kernels.greedy_k_center` in one launch.
+
+    ``x`` ``[B, n, d]`` float32 (padding zeroed), ``dist`` ``[B, n]`` float32: each point's
+    distance to the initial centres (+inf without any), −inf for initial centres and padding
+    (overwritten); ``first`` ``[B]`` int64: the first pick of problems without initial centres,
+    −1 for the others; ``k`` ``[B]`` int64 budgets. Returns ``(indices, radii)``, ``[B, kmax]``.
+    """
+    if not available():
+        raise ImportError("method='triton' needs Triton: pip install triton")
+    if x.dtype != torch.float32:
+        raise ValueError("method='triton' computes in float32 (pass float32 features)")
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
+        raise ValueError(
+            f"method='triton' runs on CUDA tensors, but the features are on {x.device} "
+            "(TRITON_INTERPRET=1 runs the kernels on CPU tensors in Triton's interpreter)"
+        )
+    kern = _kernels(interpreting() and x.device.type == "cpu")
+    batch, n, d = x.shape
+    x = x.contiguous()
+    dist = dist.contiguous()
+    indices = torch.empty(batch, kmax, dtype=torch.int64, device=x.device)
+    radii = torch.empty(batch, kmax, dtype=torch.float32, device=x.device)
+    kern.k_center[(batch,)](
+        x, dist, first, k, indices, radii, n, d, *x.stride(), dist.stride(0),
+        KMAX=kmax, BLOCK=min(_CHUNK, max(16, _next_pow2(n))), enable_fp_fusion=False,
+    )  # fmt: skip
+    return indices, radii
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
@@ -204,4 +234,9 @@ def _kernels(interpret: bool) -> SimpleNamespace:
         wrap = triton.jit
     from . import _triton_kernels as src
 
-    return SimpleNamespace(fused=wrap(src.fused), gains=wrap(src.gains), pick=wrap(src.pick))
+    return SimpleNamespace(
+        fused=wrap(src.fused),
+        gains=wrap(src.gains),
+        pick=wrap(src.pick),
+        k_center=wrap(src.k_center),
+    )

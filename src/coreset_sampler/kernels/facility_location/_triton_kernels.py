@@ -180,7 +180,7 @@ def pick(
         tl.store(TOL + b, tol)
     else:
         tol = tl.load(TOL + b)
-    chosen = n
+    chosen = tl.zeros([], dtype=tl.int32) + n  # (a tensor: n may be a constant)
     for start in range(0, n, BLOCK):
         offs = start + lanes
         g = tl.load(G + b * sc + offs, mask=offs < n, other=float("-inf"))
@@ -222,3 +222,60 @@ def pick(
     else:
         tl.store(IDX + b * si + step, tl.full([], -1, dtype=tl.int64))
         tl.store(GAINS + b * si + step, tl.full([], 0.0, dtype=tl.float32))
+
+
+def k_center(
+    X, D, FIRST, K, IDX, RAD,
+    n, d, sxb, sxn, sxd, sdb,
+    KMAX: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Farthest-point greedy, one problem per program, every step in one launch.
+
+    ``D`` holds each point's distance to the centres so far (+inf before any), −inf for points
+    that are centres or padding; each step's pass over the points updates it with the distance
+    to the new centre and finds the next farthest point (lowest index on ties) and the radius
+    ``max(0, max D)`` (the centres' own distance is 0). ``FIRST`` is the first pick of a problem
+    without initial centres (−1 otherwise). Distances are accumulated in float64 and rounded
+    once to float32, as :func:`._torch.distances` does."""
+    b = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK)
+    best = tl.max(tl.full([BLOCK], float("-inf"), dtype=tl.float32), axis=0)
+    arg = tl.zeros([], dtype=tl.int32) + n  # (a tensor: n may be a constant)
+    for start in range(0, n, BLOCK):
+        offs = start + lanes
+        score = tl.load(D + b * sdb + offs, mask=offs < n, other=float("-inf"))
+        top = tl.max(score, axis=0)
+        at = tl.min(tl.where((score == top) & (offs < n), offs, n), axis=0)
+        arg = tl.where(top > best, at, arg)  # (strictly: an earlier block keeps a tie)
+        best = tl.maximum(best, top)
+    first = tl.load(FIRST + b)
+    budget = tl.load(K + b)
+    for step in range(0, KMAX):
+        pick = arg.to(tl.int64)
+        if step == 0:
+            pick = tl.where(first >= 0, first, pick)
+        if step < budget:
+            best = tl.max(tl.full([BLOCK], float("-inf"), dtype=tl.float32), axis=0)
+            arg = tl.zeros([], dtype=tl.int32) + n
+            for start in range(0, n, BLOCK):
+                offs = start + lanes
+                inside = offs < n
+                acc = tl.zeros([BLOCK], dtype=tl.float64)
+                for t in range(0, d):
+                    xi = tl.load(X + b * sxb + offs * sxn + t * sxd, mask=inside, other=0.0)
+                    xp = tl.load(X + b * sxb + pick * sxn + t * sxd)
+                    diff = xi.to(tl.float64) - xp.to(tl.float64)
+                    acc += diff * diff
+                dist = tl.sqrt(acc).to(tl.float32)
+                score = tl.load(D + b * sdb + offs, mask=inside, other=float("-inf"))
+                score = tl.where(offs == pick, float("-inf"), tl.minimum(score, dist))
+                tl.store(D + b * sdb + offs, score, mask=inside)
+                top = tl.max(score, axis=0)
+                at = tl.min(tl.where((score == top) & inside, offs, n), axis=0)
+                arg = tl.where(top > best, at, arg)
+                best = tl.maximum(best, top)
+            tl.store(IDX + b * KMAX + step, pick)
+            tl.store(RAD + b * KMAX + step, tl.maximum(best, 0.0))
+        else:
+            tl.store(IDX + b * KMAX + step, tl.full([], -1, dtype=tl.int64))
+            tl.store(RAD + b * KMAX + step, tl.full([], float("nan"), dtype=tl.float32))
