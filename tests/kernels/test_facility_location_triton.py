@@ -199,6 +199,7 @@ def test_auto_chooses_triton_only_for_cuda_float32_features(
     assert not _triton.fits(cuda._replace(dtype=torch.float64))
     assert not _triton.fits(cuda._replace(chunk_size=8))
     assert not _triton.fits(cuda._replace(features=None))
+    assert not _triton.fits(cuda._replace(n=_triton.FUSED_MAX_N + 1))  # (the tiled kernels)
     monkeypatch.setattr(_triton, "_triton", lambda: None)
     assert not _triton.fits(cuda)
 
@@ -212,11 +213,11 @@ def test_auto_chooses_triton_only_for_cuda_float32_features(
 def test_cuda_kernels_equal_naive(similarity: str) -> None:
     x, mask, k = ragged(11, 6, 100, 10)
     same_as_naive(x, k, device="cuda", mask=mask, similarity=similarity)
+    out = greedy_facility_location(x.cuda(), 5, similarity=similarity)  # auto chose triton
+    ref = greedy_facility_location(x.cuda(), 5, similarity=similarity, method="triton")
+    assert torch.equal(out.indices, ref.indices)
     x, mask, k = ragged(12, 4, 700, 10)  # the tiled kernels
     same_as_naive(x, k, device="cuda", mask=mask, similarity=similarity)
-    out = greedy_facility_location(x.cuda(), 5)
-    ref = greedy_facility_location(x.cuda(), 5, method="triton")
-    assert torch.equal(out.indices, ref.indices)  # auto chose it
 
 
 @pytest.mark.slow

@@ -64,10 +64,14 @@ def available() -> bool:
 
 
 def fits(p: Problem) -> bool:
-    """Whether ``method="auto"`` runs these kernels on ``p``: CUDA features with a named
-    similarity, no ``chunk_size``, float32 or lower precision, and Triton installed."""
+    """Whether ``method="auto"`` runs these kernels on ``p``: CUDA float32 features with a
+    named similarity, no ``chunk_size``, at most ``FUSED_MAX_N`` points (the fused kernel:
+    one launch instead of a dozen per step; the tiled one does k·n²·d work where the
+    incremental greedy does a few n²·d, and neither has been timed on a GPU yet), and Triton
+    installed."""
     return (
         p.features is not None
+        and p.n <= FUSED_MAX_N
         and p.device.type == "cuda"
         and p.chunk_size is None
         and p.dtype == torch.float32
