@@ -1,4 +1,4 @@
-"""End-to-end benchmark on Fashion-MNIST: full data vs random vs CRAIG vs CREST, several seeds.
+"""End-to-end benchmark on Fashion-MNIST: full data vs random vs CRAIG, GradMatch, CREST, seeds.
 
 Every (method, seed) run trains the same SmallCNN from the same seed-dependent initial weights
 with the same epochs and learning-rate schedule (``examples/fashion_mnist.py``'s recipe), in a
@@ -14,6 +14,7 @@ Methods:
 * ``random``, ``random-0.2``, ``random-0.3``: uniform random batches, ``budget`` (or 20%, 30%)
   of the steps: random batches given about the time CREST takes;
 * ``craig``: CRAIG, one weighted per-class coreset of ``budget · N`` examples per epoch;
+* ``gradmatch``: GradMatch, per-class OMP subsets of ``budget · N`` examples, every epoch;
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
   P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
@@ -60,6 +61,7 @@ VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "random-0.2": ("random", 0.2, {}),
     "random-0.3": ("random", 0.3, {}),
     "craig": ("craig", None, {}),
+    "gradmatch": ("gradmatch", None, {}),
     # the library's defaults: the README's lines, no knob set
     "crest": ("crest", None, {}),
     # the paper's rule: T1 from the curvature ratio, P = 5·T1, a check sample of r, τ = 0.05,

@@ -30,12 +30,13 @@ from coreset_sampler import (
     CraigBatchSampler,
     CrestBatchSampler,
     GradientProxyCallback,
+    GradMatchBatchSampler,
     QuadraticLossMonitor,
     RandomBatchSampler,
     WithWeights,
 )
 
-METHODS: tuple[str, ...] = ("full", "random", "crest", "craig")
+METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch")
 
 
 @dataclass
@@ -176,6 +177,14 @@ def make_loader(
         sampler = CraigBatchSampler(
             train_set, batch_size, callback=proxies, labels=labels, budget=budget, seed=seed
         )
+    elif method == "gradmatch":
+        # GradMatch (Killamsetty et al., ICML 2021): per-class OMP towards each class's proxy
+        # sum, reselected every epoch like CRAIG here (the paper's R = 20 is for 300 epochs)
+        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
+        sampler = GradMatchBatchSampler(
+            train_set, batch_size, callback=proxies, labels=labels, budget=budget, seed=seed,
+            reselect_every=1,
+        )  # fmt: skip
     else:
         raise ValueError(f"method should be one of {METHODS}, but got method={method!r}")
     return DataLoader(WithWeights(train_set), batch_sampler=sampler, **common), sampler

@@ -263,6 +263,7 @@ def test_cifar_download_checks_md5(
         ("cifar10", "crest"),
         ("cifar10", "full"),
         ("cifar10", "craig"),
+        ("cifar10", "gradmatch"),
         ("cifar100", "random"),
         ("cifar100", "crest"),
     ],
@@ -283,7 +284,7 @@ def test_cifar_example_runs(
     result = report["results"][method]
     assert result["steps"] == 2 and 0.0 <= result["test_acc"] <= 1.0
     assert report["args"]["tau"] == cifar.SETUPS[name]["tau"]
-    if method in ("crest", "craig"):
+    if method in ("crest", "craig", "gradmatch"):
         assert result["selections"] >= 1
     assert json.loads(out.read_text())["results"][method]["steps"] == 2
 

@@ -21,6 +21,7 @@ from coreset_sampler.samplers import (
     CraigBatchSampler,
     CrestBatchSampler,
     DropLearned,
+    GradMatchBatchSampler,
     KCenterBatchSampler,
     RandomBatchSampler,
 )
@@ -34,6 +35,7 @@ __all__ = [  # noqa: RUF022
     # samplers, and the weights that travel with their batches
     "CrestBatchSampler",
     "CraigBatchSampler",
+    "GradMatchBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
     "DropLearned",

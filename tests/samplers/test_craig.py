@@ -22,7 +22,8 @@ from coreset_sampler.kernels.facility_location import _lazy
 from coreset_sampler.samplers import CraigBatchSampler
 from coreset_sampler.samplers._selection import largest_remainder as _largest_remainder
 from coreset_sampler.samplers._stream import steps_per_epoch as _steps_per_epoch
-from coreset_sampler.samplers.craig import _batch_positions, _coreset_size
+from coreset_sampler.samplers._wholeset import batch_positions as _batch_positions
+from coreset_sampler.samplers._wholeset import coreset_size as _coreset_size
 from coreset_sampler.weights import WeightedIndex, WithWeights
 
 from ._helpers import Proxies

@@ -1,7 +1,8 @@
 """Batch samplers for any DataLoader, composed of small parts.
 
 The samplers: :class:`CrestBatchSampler` (CREST's mini-batch coresets), :class:`CraigBatchSampler`
-(CRAIG's whole-set coreset), :class:`KCenterBatchSampler` (k-center batches) and
+(CRAIG's whole-set coreset), :class:`GradMatchBatchSampler` (GradMatch's gradient-matching
+subset), :class:`KCenterBatchSampler` (k-center batches) and
 :class:`RandomBatchSampler` (the uniform baseline). The parts they are made of, each with one
 job (``docs/architecture.md``): the budgeted batch stream and the coreset cycle
 (:mod:`._stream`), the selection (:mod:`._selection`), the reselection policy
@@ -16,6 +17,7 @@ from ._policy import SelectionMonitor
 from ._telemetry import CheckRecord, SamplerTelemetry, SelectionRecord
 from .craig import CraigBatchSampler
 from .crest import CrestBatchSampler
+from .gradmatch import GradMatchBatchSampler
 from .k_center import KCenterBatchSampler
 from .random import RandomBatchSampler
 
@@ -24,6 +26,7 @@ __all__ = [
     "CraigBatchSampler",
     "CrestBatchSampler",
     "DropLearned",
+    "GradMatchBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
     "SamplerTelemetry",
