@@ -15,6 +15,8 @@ Methods:
   of the steps: random batches given about the time CREST takes;
 * ``craig``: CRAIG, one weighted per-class coreset of ``budget · N`` examples per epoch;
 * ``gradmatch``: GradMatch, per-class OMP subsets of ``budget · N`` examples, every epoch;
+* ``adacore``: AdaCore, CRAIG on Hessian-preconditioned proxies; ``crest-adacore``: CREST
+  (defaults) on those proxies;
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
   P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
@@ -62,11 +64,14 @@ VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "random-0.3": ("random", 0.3, {}),
     "craig": ("craig", None, {}),
     "gradmatch": ("gradmatch", None, {}),
+    "adacore": ("adacore", None, {}),
     # the library's defaults: the README's lines, no knob set
     "crest": ("crest", None, {}),
     # the paper's rule: T1 from the curvature ratio, P = 5·T1, a check sample of r, τ = 0.05,
     # h = 1, the whole network's Hutchinson diagonal
     "crest-paper": ("crest", None, PAPER),
+    # CREST on AdaCore's Hessian-preconditioned proxies
+    "crest-adacore": ("crest", None, {"precondition": "hessian"}),
 }
 # the second configuration: another architecture family (an MLP, no BatchNorm) and another
 # learning-rate schedule (cosine from 0.05, no warm-up)

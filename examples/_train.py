@@ -36,7 +36,7 @@ from coreset_sampler import (
     WithWeights,
 )
 
-METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch")
+METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch", "adacore")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class CrestConfig:
     pool_multiplier: int | None = None  # b in P = min(b·T1, steps per epoch)
     pool_size: int | None = None  # r (default max(ceil(0.01·N), batch size))
     check_size: int | None = None  # |V_r| (default the batch size)
+    precondition: str = "none"  # "hessian": AdaCore's preconditioned proxies
 
     def monitor_options(self) -> dict[str, Any]:
         names = ("threshold", "interval_multiplier", "interval_rule", "curvature")
@@ -155,6 +156,8 @@ def make_loader(
         # reselect (with the callback's per_sample_loss it models the head in closed form);
         # train_set.batch loads a whole batch at once (the dataset itself works, item by item)
         proxies = GradientProxyCallback(model, train_set.batch)
+        if crest.precondition != "none":  # (AdaCore's proxies: a variant of the benchmark)
+            proxies = GradientProxyCallback(model, train_set.batch, precondition=crest.precondition)
         monitor = QuadraticLossMonitor(
             model, proxies.per_sample_loss, seed=seed, **crest.monitor_options()
         )
@@ -170,10 +173,14 @@ def make_loader(
             warmup_steps=round(crest.warmup_epochs * steps_per_epoch),
             **crest.sampler_options(),
         )
-    elif method == "craig":
+    elif method in ("craig", "adacore"):
         # CRAIG (Mirzasoleiman et al., ICML 2020): one weighted coreset of budget·N examples
-        # per epoch, selected from the proxies of the whole training set
-        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
+        # per epoch, selected from the proxies of the whole training set; AdaCore (Pooladzandi
+        # et al., ICML 2022): the same on Hessian-preconditioned proxies
+        precondition = "hessian" if method == "adacore" else "none"
+        proxies = GradientProxyCallback(
+            model, train_set.batch, batch_size=1024, precondition=precondition
+        )
         sampler = CraigBatchSampler(
             train_set, batch_size, callback=proxies, labels=labels, budget=budget, seed=seed
         )

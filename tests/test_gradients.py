@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, vmap
 from coreset_sampler.gradients import (
     cross_entropy_head_terms,
     cross_entropy_logit_grad,
+    cross_entropy_logit_hessian_diag,
     last_layer_grad,
     logit_grad,
     per_sample_grads,
@@ -56,6 +57,31 @@ def test_cross_entropy_logit_grad_equals_vmap_grad(
     got = cross_entropy_logit_grad(logits, target, weight=weight, label_smoothing=smoothing)
     want = _reference_ce_grad(logits, target, weight, smoothing)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("use_weight", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_logit_hessian_diag_equals_the_diagonal_of_torch_func_hessian(
+    use_weight: bool, smoothing: float, soft: bool
+) -> None:
+    g = torch.Generator().manual_seed(1)
+    n, c = 7, 4
+    logits = torch.randn(n, c, generator=g, dtype=DT) * 2
+    weight = torch.rand(c, generator=g, dtype=DT) + 0.2 if use_weight else None
+    if soft:
+        target = torch.softmax(torch.randn(n, c, generator=g, dtype=DT), dim=1)
+    else:
+        target = torch.randint(0, c, (n,), generator=g)
+
+    def one(z: Tensor, t: Tensor) -> Tensor:
+        return F.cross_entropy(
+            z[None], t[None], weight=weight, label_smoothing=smoothing, reduction="none"
+        ).sum()
+
+    dense = vmap(torch.func.hessian(one))(logits, target)  # [n, C, C]
+    got = cross_entropy_logit_hessian_diag(logits, target, weight=weight, label_smoothing=smoothing)
+    torch.testing.assert_close(got, torch.diagonal(dense, dim1=1, dim2=2), rtol=1e-12, atol=1e-12)
 
 
 def test_cross_entropy_logit_grad_plain_is_softmax_minus_onehot() -> None:

@@ -72,6 +72,57 @@ def test_builder_logits_and_last_layer_match_closed_forms() -> None:
     assert not model.fc._forward_hooks  # the hook was removed
 
 
+@pytest.mark.parametrize("proxy", ["logits", "last_layer"])
+def test_hessian_preconditioned_proxies_are_g_over_the_damped_hessian_diagonal(
+    proxy: str,
+) -> None:
+    # AdaCore's proxies: each example's head gradient divided, coordinate by coordinate, by
+    # the diagonal of its own loss Hessian with respect to the same coordinates (torch.func,
+    # float64) plus the damping
+    torch.manual_seed(0)
+    model = Net().to(DT).eval()
+    x, y = _data()
+    idx = [4, 1, 13, 8]
+    weight = torch.tensor([1.0, 0.5, 2.0], dtype=DT)
+    cb = GradientProxyCallback(
+        model, TensorDataset(x, y), proxy=proxy, weight=weight, label_smoothing=0.1,
+        precondition="hessian", damping=0.05,
+    )  # fmt: skip
+    got = cb(idx)
+    with torch.no_grad():
+        feats = model.body(x[idx])
+    w0, b0 = model.fc.weight.detach(), model.fc.bias.detach()
+    c, d = w0.shape
+
+    def loss(v: Tensor, h: Tensor, t: Tensor) -> Tensor:
+        # (for "logits" the proxy coordinates are the logits themselves)
+        z = v if proxy == "logits" else h @ v[: c * d].reshape(c, d).T + v[c * d :]
+        ce = F.cross_entropy(z[None], t[None], weight=weight, label_smoothing=0.1, reduction="none")
+        return ce.sum()
+
+    for row, i in enumerate(idx):
+        h = feats[row]
+        v0 = model.fc(h) if proxy == "logits" else torch.cat([w0.reshape(-1), b0])
+        v0 = v0.detach()
+        gi = torch.func.grad(loss)(v0, h, y[i])
+        hi = torch.diagonal(torch.func.hessian(loss)(v0, h, y[i]))
+        torch.testing.assert_close(got[row], gi / (hi + 0.05), rtol=1e-10, atol=1e-12)
+    plain = GradientProxyCallback(model, TensorDataset(x, y), proxy=proxy, weight=weight,
+                                  label_smoothing=0.1)(idx)  # fmt: skip
+    assert not torch.allclose(plain, got)
+
+
+def test_hessian_preconditioning_argument_errors() -> None:
+    model = Net().to(DT)
+    data = TensorDataset(*_data())
+    with pytest.raises(ValueError, match="precondition should be one of"):
+        GradientProxyCallback(model, data, precondition="newton")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs loss='cross_entropy'"):
+        GradientProxyCallback(model, data, loss=_ce, precondition="hessian")
+    with pytest.raises(ValueError, match="damping should be in"):
+        GradientProxyCallback(model, data, precondition="hessian", damping=0.0)
+
+
 class _BatchedDataset(TensorDataset):
     """A dataset with ``__getitems__``; counts how it is read."""
 

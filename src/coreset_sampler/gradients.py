@@ -34,6 +34,7 @@ from coreset_sampler._checks import check_optional_positive_int, check_tensor
 
 __all__ = [
     "cross_entropy_logit_grad",
+    "cross_entropy_logit_hessian_diag",
     "last_layer_grad",
     "logit_grad",
     "per_sample_grads",
@@ -92,6 +93,45 @@ def cross_entropy_logit_grad(
     a = _ce_targets(logits, target, weight, label_smoothing, ignore_index)
     p = torch.softmax(logits, dim=1)
     return a.sum(dim=1, keepdim=True) * p - a
+
+
+def cross_entropy_logit_hessian_diag(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> Tensor:
+    r"""Per-sample diagonal of the Hessian of cross-entropy with respect to the logits.
+
+    With the targets a of :func:`cross_entropy_logit_grad` and s = Σ_c a_c, the per-sample
+    Hessian is s·(diag(p) − p pᵀ), so its diagonal is
+
+    .. math:: ∂^2ℓ/∂z_c^2 = s\, p_c (1 - p_c).
+
+    For the last layer, the diagonal for ``W[c, j]`` is that times h_j² (and, for the bias, that
+    itself): ``last_layer_grad(hessian_diag, features ** 2)``. Rows whose target equals
+    ``ignore_index`` are zero.
+
+    Args:
+        logits: ``[n, C]`` floating tensor.
+        target: ``[n]`` class indices, or ``[n, C]`` class probabilities.
+        weight: optional ``[C]`` class weights, as for ``cross_entropy``.
+        label_smoothing: ε in [0, 1].
+        ignore_index: class index whose rows are zero (class-index targets only).
+
+    Returns:
+        ``[n, C]`` tensor, dtype and device of ``logits``.
+
+    Examples:
+        >>> import torch
+        >>> cross_entropy_logit_hessian_diag(torch.zeros(1, 2), torch.tensor([0]))
+        tensor([[0.2500, 0.2500]])
+    """
+    a = _ce_targets(logits, target, weight, label_smoothing, ignore_index)
+    p = torch.softmax(logits, dim=1)
+    return a.sum(dim=1, keepdim=True) * p * (1 - p)
 
 
 def cross_entropy_head_terms(

@@ -10,6 +10,7 @@ dataset, and also supplies the per-sample loss with graph that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -34,6 +35,7 @@ from coreset_sampler.gradients import (
     PerSampleLossFn,
     cross_entropy_head_terms,
     cross_entropy_logit_grad,
+    cross_entropy_logit_hessian_diag,
     last_layer_grad,
     logit_grad,
 )
@@ -164,6 +166,13 @@ class GradientProxyCallback:
         bias: include the bias column in ``"last_layer"`` proxies.
         collate_fn: how dataset items are batched (default ``default_collate``). A dataset
             with ``__getitems__`` gets one call per batch, as in a ``DataLoader``.
+        precondition: ``"hessian"`` divides each proxy coordinate by the example's own
+            Hessian diagonal there plus ``damping`` (H_i⁻¹ g_i with the closed-form diagonal
+            of :func:`~coreset_sampler.gradients.cross_entropy_logit_hessian_diag`, times h_j²
+            for ``"last_layer"``): AdaCore's preconditioned proxies (Pooladzandi, Davini and
+            Mirzasoleiman, ICML 2022), for any sampler. Cross-entropy only. ``"none"``: plain.
+        damping: δ > 0 added to the diagonal before dividing (bounds the proxies of examples
+            whose curvature vanishes).
 
     Raises:
         TypeError: on arguments of the wrong type.
@@ -199,6 +208,8 @@ class GradientProxyCallback:
         batch_size: int = 256,
         bias: bool = True,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        precondition: Literal["none", "hessian"] = "none",
+        damping: float = 0.01,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model should be an nn.Module, but got {type(model).__name__}")
@@ -242,6 +253,13 @@ class GradientProxyCallback:
         self.label_smoothing = check_in_interval("label_smoothing", label_smoothing, "[0, 1]")
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.bias = check_bool("bias", bias)
+        self.precondition = check_choice("precondition", precondition, ("none", "hessian"))
+        if self.precondition == "hessian" and self._loss != "cross_entropy":
+            raise ValueError(
+                "precondition='hessian' needs loss='cross_entropy' (its per-sample Hessian "
+                "diagonal is in closed form)"
+            )
+        self.damping = check_in_interval("damping", damping, "(0, inf)", high=math.inf)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -418,8 +436,18 @@ class GradientProxyCallback:
                     f"the head's input has shape {tuple(feats.shape)} for {len(indices)} "
                     "indices; proxy='last_layer' needs [n, D] penultimate features"
                 )
-            g = last_layer_grad(g, feats, bias=self.bias)
-        return g, losses.detach()
+            grad = last_layer_grad(g, feats, bias=self.bias)
+        else:
+            grad = g
+        if self.precondition == "hessian":  # AdaCore: H_i⁻¹ g_i, H_i the diagonal, damped
+            h = cross_entropy_logit_hessian_diag(
+                outputs, targets, weight=self.weight, label_smoothing=self.label_smoothing
+            )
+            if self.proxy == "last_layer":
+                assert feats is not None
+                h = last_layer_grad(h, feats.to(h.dtype) ** 2, bias=self.bias)
+            grad = grad / (h + self.damping)
+        return grad, losses.detach()
 
     @contextmanager
     def _fork_rng(self) -> Iterator[None]:
