@@ -17,6 +17,8 @@ Methods:
 * ``gradmatch``: GradMatch, per-class OMP subsets of ``budget · N`` examples, every epoch;
 * ``adacore``: AdaCore, CRAIG on Hessian-preconditioned proxies; ``crest-adacore``: CREST
   (defaults) on those proxies;
+* ``glister``: GLISTER, the subset whose one-step update most lowers the loss on a random 1%
+  of the training set, every epoch;
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
   P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
@@ -65,6 +67,7 @@ VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "craig": ("craig", None, {}),
     "gradmatch": ("gradmatch", None, {}),
     "adacore": ("adacore", None, {}),
+    "glister": ("glister", None, {}),
     # the library's defaults: the README's lines, no knob set
     "crest": ("crest", None, {}),
     # the paper's rule: T1 from the curvature ratio, P = 5·T1, a check sample of r, τ = 0.05,

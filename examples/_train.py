@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from coreset_sampler import (
     CraigBatchSampler,
     CrestBatchSampler,
+    GlisterBatchSampler,
     GradientProxyCallback,
     GradMatchBatchSampler,
     QuadraticLossMonitor,
@@ -36,7 +37,7 @@ from coreset_sampler import (
     WithWeights,
 )
 
-METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch", "adacore")
+METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch", "adacore", "glister")
 
 
 @dataclass
@@ -136,8 +137,10 @@ def make_loader(
     seed: int,
     num_workers: int,
     crest: CrestConfig | None = None,
+    lr: float = 0.1,
 ) -> tuple[DataLoader[Any], Any]:
-    """The DataLoader of one method, and its batch sampler (``None`` for full data)."""
+    """The DataLoader of one method, and its batch sampler (``None`` for full data); ``lr``
+    is GLISTER's one-step size η."""
     common: dict[str, Any] = {"num_workers": num_workers}
     if num_workers > 0:
         common["persistent_workers"] = True
@@ -191,6 +194,28 @@ def make_loader(
         sampler = GradMatchBatchSampler(
             train_set, batch_size, callback=proxies, labels=labels, budget=budget, seed=seed,
             reselect_every=1,
+        )  # fmt: skip
+    elif method == "glister":
+        # GLISTER (Killamsetty et al., AAAI 2021): the subset whose one-step update most lowers
+        # the loss on a validation set, here a fixed random 1% of the training set (which
+        # stays among the candidates: Fashion-MNIST has no separate validation split)
+        proxies = GradientProxyCallback(model, train_set.batch, batch_size=1024)
+        pick = np.random.default_rng(seed).choice(len(train_set), max(1, len(train_set) // 100))
+        val_idx = sorted(set(pick.tolist()))
+
+        def validation() -> tuple[Tensor, Tensor]:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                inputs, targets = train_set.batch(val_idx)[:2]
+                device = next(model.parameters()).device
+                logits = model(inputs.to(device))
+            model.train(was_training)
+            return logits, targets
+
+        sampler = GlisterBatchSampler(
+            train_set, batch_size, callback=proxies, validation=validation, budget=budget,
+            eta=lr, reselect_every=1, seed=seed,
         )  # fmt: skip
     else:
         raise ValueError(f"method should be one of {METHODS}, but got method={method!r}")
@@ -249,7 +274,7 @@ def train_one(
     model.to(device).train()
     loader, sampler = make_loader(
         method, model, train_set, labels, budget=budget, batch_size=recipe.batch_size,
-        seed=seed, num_workers=num_workers, crest=crest,
+        seed=seed, num_workers=num_workers, crest=crest, lr=recipe.lr,
     )  # fmt: skip
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum,

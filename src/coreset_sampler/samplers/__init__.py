@@ -2,8 +2,9 @@
 
 The samplers: :class:`CrestBatchSampler` (CREST's mini-batch coresets), :class:`CraigBatchSampler`
 (CRAIG's whole-set coreset), :class:`GradMatchBatchSampler` (GradMatch's gradient-matching
-subset), :class:`KCenterBatchSampler` (k-center batches) and
-:class:`RandomBatchSampler` (the uniform baseline). The parts they are made of, each with one
+subset), :class:`GlisterBatchSampler` (GLISTER's validation-driven subset),
+:class:`KCenterBatchSampler` (k-center batches) and :class:`RandomBatchSampler` (the uniform
+baseline). The parts they are made of, each with one
 job (``docs/architecture.md``): the budgeted batch stream and the coreset cycle
 (:mod:`._stream`), the selection (:mod:`._selection`), the reselection policy
 (:mod:`._policy`), the learned-example dropper (:mod:`._dropper`), the telemetry
@@ -17,6 +18,7 @@ from ._policy import SelectionMonitor
 from ._telemetry import CheckRecord, SamplerTelemetry, SelectionRecord
 from .craig import CraigBatchSampler
 from .crest import CrestBatchSampler
+from .glister import GlisterBatchSampler
 from .gradmatch import GradMatchBatchSampler
 from .k_center import KCenterBatchSampler
 from .random import RandomBatchSampler
@@ -26,6 +28,7 @@ __all__ = [
     "CraigBatchSampler",
     "CrestBatchSampler",
     "DropLearned",
+    "GlisterBatchSampler",
     "GradMatchBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
