@@ -181,3 +181,49 @@ def test_picks_that_the_refit_sets_to_zero_are_replaced() -> None:
     list(s)
     assert s.coreset[:2] == [13, 22] and len(set(s.coreset)) == 10
     assert bool((s.coreset_weights > 0).all())
+
+
+def test_per_batch_selects_whole_batches_by_omp_on_their_summed_proxies() -> None:
+    from coreset_sampler.samplers._wholeset import SELECT
+
+    n, size = 130, 5  # (26 full batches; no remainder here, one of 3 below)
+    proxies = Proxies(n, 12, seed=7)
+    s = GradMatchBatchSampler(n, size, callback=proxies, budget=0.2, seed=3, per_batch=True)
+    assert s.per_batch and len(s) == math.ceil(0.2 * n / size) == 6 and s.coreset_size == 30
+    epoch0 = stream(s)
+    # the reference: the same partition, OMP on the batches' summed proxies, plainly
+    rng = s._stream.rng(0, SELECT)
+    batches = rng.permutation(n)[:130].reshape(-1, size)
+    sums = proxies.table.double()[torch.from_numpy(batches)].sum(1).numpy()
+    picks, w = reference_class(sums, 6, 0.5)
+    assert len(picks) == 6  # (12 dimensions: OMP fills every slot)
+    chosen = {tuple(sorted(batches[p].tolist())): wp for p, wp in zip(picks, w, strict=True)}
+    scale = 30 / (size * math.fsum(w))
+    yielded = [tuple(sorted(b)) for b, _ in epoch0]
+    assert sorted(yielded) == sorted(chosen)  # each chosen batch once, whole
+    for (_, ws), key in zip(epoch0, yielded, strict=True):
+        np.testing.assert_allclose(ws, [chosen[key] * scale] * size, rtol=1e-5)
+    epoch1 = stream(s)  # same batches (no reselection before epoch 20), another order
+    assert sorted(tuple(sorted(b)) for b, _ in epoch1) == sorted(yielded)
+    assert [b for b, _ in epoch1] != [b for b, _ in epoch0]
+
+
+def test_per_batch_resume_and_errors() -> None:
+    n = 133  # a remainder of 3 sits out each selection
+    s = GradMatchBatchSampler(n, 5, callback=Proxies(n, 4), budget=0.2, seed=1, per_batch=True)
+    expected = stream(s)
+    a = GradMatchBatchSampler(n, 5, callback=Proxies(n, 4), budget=0.2, seed=1, per_batch=True)
+    head = stream(a, 2)
+    b = GradMatchBatchSampler(n, 5, callback=Proxies(n, 4), budget=0.2, seed=1, per_batch=True)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert head + stream(b) == expected
+    assert all(len(set(batch)) == 5 for batch, _ in expected)
+    with pytest.raises(ValueError, match="pass labels=None"):
+        GradMatchBatchSampler(n, 5, callback=Proxies(n), labels=torch.arange(n) % 2, per_batch=True)
+    with pytest.raises(ValueError, match="lower the budget"):
+        GradMatchBatchSampler(n, 5, callback=Proxies(n), budget=1.0, per_batch=True)
+    # (100 examples: the same subset size, 20, either way; the setting that differs is named)
+    whole = GradMatchBatchSampler(100, 5, callback=Proxies(100), budget=0.2, per_batch=True)
+    examples = GradMatchBatchSampler(100, 5, callback=Proxies(100), budget=0.2).state_dict()
+    with pytest.raises(ValueError, match="per_batch"):
+        whole.load_state_dict(examples)

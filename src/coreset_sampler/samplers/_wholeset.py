@@ -83,7 +83,8 @@ class WholeSetSelection(Stateful):
     """A coreset of the whole training set: proxies of every example (in chunks), one problem
     per class, K split by largest remainder; a subclass's :meth:`solve` picks each class's
     coreset and its weights. The coreset, its weights and the epoch of its selection are the
-    state; ``settings`` (name → value) join the configuration after ``reselect_every``."""
+    state; ``settings`` (name → value) join the configuration after ``reselect_every``;
+    ``size`` replaces K = round(budget · N) for a subclass whose subset has another size."""
 
     coreset: list[int]
     weights: list[float]
@@ -91,12 +92,12 @@ class WholeSetSelection(Stateful):
 
     def __init__(
         self, callback: Any, stream: BudgetedStream, *, labels: Any, reselect_every: int,
-        callback_batch_size: int, settings: Mapping[str, Any],
+        callback_batch_size: int, settings: Mapping[str, Any], size: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         n = self.num_samples = stream.num_samples
         self.callback = check_callable("callback", callback)
-        self.size = coreset_size(stream.budget, n)
+        self.size = coreset_size(stream.budget, n) if size is None else size
         if self.size < stream.batch_size:
             raise ValueError(
                 f"the coreset, round(budget·num_samples) = {self.size} (budget={stream.budget!r},"

@@ -17,7 +17,8 @@ per class, by orthogonal matching pursuit with non-negative, ridge-regularised r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence, Sized
+import time
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,15 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from coreset_sampler._checks import check_in_interval
+from coreset_sampler._checks import check_bool, check_in_interval
 from coreset_sampler.kernels import nonnegative_omp
 from coreset_sampler.proxies import ProxyCallback
+from coreset_sampler.weights import WeightedIndex
 
+from ._selection import mean_one
 from ._stream import BudgetedStream
 from ._telemetry import Telemetry
-from ._wholeset import WholeSetSampler, WholeSetSelection
+from ._wholeset import SHUFFLE, WholeSetSampler, WholeSetSelection
 
 __all__ = ["GradMatchBatchSampler"]
 
@@ -59,6 +62,14 @@ class GradMatchBatchSampler(WholeSetSampler):
     slots are filled with random examples of the class with weight 1, as the authors' code
     (CORDS) does. The weights are then rescaled to mean 1 over the subset (one factor for all
     classes, so their ratios are OMP's).
+
+    **Per batch** (``per_batch=True``, GradMatch-PB): the candidates are whole mini-batches, a
+    random partition of the set into full batches of ``batch_size`` drawn at each selection (a
+    remainder of fewer than ``batch_size`` examples sits out that selection), each represented
+    by the sum of its members' proxies; OMP (over the whole set, not per class: ``labels`` must
+    be ``None``) picks ``len(sampler)`` batches towards the sum of all proxies, random batches
+    of weight 1 fill what it leaves, every member carries its batch's weight (mean 1 over the
+    subset), and each epoch yields the chosen batches whole, in a fresh random order.
 
     **Yield, state and resume** are CRAIG's (:class:`~coreset_sampler.CraigBatchSampler`):
     batches of ``batch_size`` distinct indices as
@@ -89,6 +100,7 @@ class GradMatchBatchSampler(WholeSetSampler):
         telemetry_size: selection records kept in :attr:`telemetry`.
         record_coresets: keep each selection's chosen indices and weights in its
             :class:`~coreset_sampler.samplers.SelectionRecord`.
+        per_batch: select whole mini-batches (above) instead of examples per class.
 
     Raises:
         TypeError: on arguments of the wrong type.
@@ -130,6 +142,7 @@ class GradMatchBatchSampler(WholeSetSampler):
         generator: torch.Generator | None = None,
         telemetry_size: int = 1000,
         record_coresets: bool = False,
+        per_batch: bool = False,
     ) -> None:
         stream = BudgetedStream(
             data_source, batch_size, budget=budget, drop_last=drop_last, seed=seed,
@@ -137,10 +150,33 @@ class GradMatchBatchSampler(WholeSetSampler):
         )  # fmt: skip
         selection = _OMPSelection(
             callback, stream, labels=labels, reselect_every=reselect_every,
-            callback_batch_size=callback_batch_size, lam=lam, tol=tol,
+            callback_batch_size=callback_batch_size, lam=lam, tol=tol, per_batch=per_batch,
         )  # fmt: skip
         telemetry = Telemetry(telemetry_size, logger, "GradMatch ", record_coresets=record_coresets)
         self._build(stream, selection, telemetry)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self._omp.per_batch:
+            yield from super().__iter__()
+            return
+        stream = self._stream
+        skip = stream.step_in_epoch if stream.begin_pass() else 0
+        epoch = stream.epoch
+        if self._selection.due(epoch):
+            self._select(epoch)
+        coreset, weights = self._selection.coreset, self._selection.weights
+        size = stream.batch_size
+        order = stream.rng(epoch, SHUFFLE).permutation(stream.num_steps).tolist()
+        for k in range(skip, stream.num_steps):
+            stream.advance()
+            at = order[k] * size
+            yield [WeightedIndex(coreset[p], weights[p]) for p in range(at, at + size)]
+        self._end_pass()
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether whole mini-batches are selected (GradMatch-PB)."""
+        return self._omp.per_batch
 
     @property
     def num_filled(self) -> int:
@@ -160,7 +196,7 @@ class _OMPSelection(WholeSetSelection):
 
     def __init__(
         self, callback: Any, stream: BudgetedStream, *, labels: Any, reselect_every: int,
-        callback_batch_size: int, lam: float, tol: float,
+        callback_batch_size: int, lam: float, tol: float, per_batch: bool,
     ) -> None:  # fmt: skip
         if isinstance(lam, bool) or not isinstance(lam, (int, float)):
             raise TypeError(f"lam should be a number, but got {type(lam).__name__}")
@@ -168,17 +204,50 @@ class _OMPSelection(WholeSetSelection):
             raise ValueError(f"lam should be a finite number ≥ 0, but got lam={lam!r}")
         self.lam = float(lam)
         self.tol = check_in_interval("tol", tol, "[0, 1)")
+        self.per_batch = check_bool("per_batch", per_batch)
         self.filled = 0
+        self.batch_size, self.num_steps = stream.batch_size, stream.num_steps
+        size = None
+        if self.per_batch:
+            if labels is not None:
+                raise ValueError(
+                    "per_batch=True selects whole mini-batches of the whole set, not per class: "
+                    "pass labels=None"
+                )
+            if self.num_steps > stream.num_samples // self.batch_size:
+                raise ValueError(
+                    f"per_batch=True selects {self.num_steps} of the "
+                    f"{stream.num_samples // self.batch_size} full batches of {self.batch_size} "
+                    "examples each epoch: lower the budget"
+                )
+            size = self.num_steps * self.batch_size
+        settings = {"lam": self.lam, "tol": self.tol, "per_batch": self.per_batch}
         super().__init__(
             callback, stream, labels=labels, reselect_every=reselect_every,
-            callback_batch_size=callback_batch_size, settings={"lam": self.lam, "tol": self.tol},
+            callback_batch_size=callback_batch_size, settings=settings, size=size,
         )  # fmt: skip
 
     def select(
         self, index: int, epoch: int, rng: np.random.Generator
     ) -> tuple[float, float, list[tuple[IntArray, int]]]:
         self.filled = 0
-        return super().select(index, epoch, rng)
+        if not self.per_batch:
+            return super().select(index, epoch, rng)
+        t0 = time.perf_counter()
+        proxies = self._proxies(index)
+        callback_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n, size = self.num_samples, self.batch_size
+        # the candidates: a random partition into full batches (a remainder of fewer than
+        # batch_size examples sits out this selection), each with its summed proxies
+        batches = rng.permutation(n)[: (n // size) * size].astype(np.int64).reshape(-1, size)
+        feats = proxies[torch.from_numpy(batches).to(proxies.device)].sum(1)
+        picks, gammas = self.solve(feats, self.num_steps, rng)
+        self.coreset = batches[picks].reshape(-1).tolist()
+        self.weights = mean_one([g for g in gammas for _ in range(size)], self.size)
+        self.selected_epoch = epoch
+        groups = [(np.arange(n, dtype=np.int64), self.num_steps)]
+        return callback_seconds, time.perf_counter() - t0, groups
 
     def solve(
         self, feats: Tensor, k: int, rng: np.random.Generator
