@@ -79,8 +79,8 @@ class GradMatchBatchSampler(WholeSetSampler):
 
     **Cost.** Each OMP step is one product of the class's proxies with the residual, and one
     exact refit on the picks' Gram matrix (cubic in the number of picks in the worst case,
-    warm-started: usually one solve). One class of 6000 examples with 10-dimensional proxies
-    and 600 picks took 2.3 s on a 2-core CPU (``docs/samplers.md``).
+    warm-started: usually one solve); ``docs/benchmarks/end_to_end.md`` reports the measured
+    cost per selection.
 
     Args:
         data_source: the dataset (anything with ``len``) or its size N. Not a sampler.
