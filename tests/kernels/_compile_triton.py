@@ -15,25 +15,25 @@ POINTERS = {
     "COUNT": "*fp64", "GAINS": "*fp32", "D": "*fp32", "FIRST": "*i64", "RAD": "*fp32",
 }  # fmt: skip
 BLOCKS: dict[str, dict[str, Any]] = {
-    "fused": {"KMAX": 13, "KP": 16, "BN": 64, "HAS_MASK": True},
+    "fused": {"KP": 16, "BN": 64, "HAS_MASK": True},
     "gains": {"BI": 64, "BJ": 64, "HAS_MASK": True},
     "pick": {"BLOCK": 256, "HAS_MASK": True},
-    "k_center": {"KMAX": 13, "BLOCK": 256},
+    "k_center": {"BLOCK": 256},
 }
 # (kernel, similarity codes (None: it has none), extra constants): every similarity of each
 # kernel; the largest fused block (8 warps, as _triton launches it); integer arguments that
 # Triton turns into constants when a call passes 1 (the features' unit stride always; n, d or
-# the step sometimes).
+# the step or k sometimes).
 VARIANTS: list[tuple[str, tuple[int | None, ...], dict[str, Any]]] = [
     ("fused", (0, 1, 2, 3), {"SHARE": True}),
     ("fused", (0,), {"SHARE": False, "BN": 128, "num_warps": 8}),
-    ("fused", (1,), {"SHARE": False, "n": 1, "d": 1, "KMAX": 1, "KP": 2, "BN": 16}),
+    ("fused", (1,), {"SHARE": False, "n": 1, "d": 1, "kmax": 1, "KP": 2, "BN": 16}),
     ("gains", (0, 1, 2), {}),
     ("gains", (0,), {"d": 1}),
     ("pick", (0, 1, 2), {}),
     ("pick", (1,), {"step": 1}),
     ("k_center", (None,), {}),
-    ("k_center", (None,), {"n": 1, "d": 1, "KMAX": 1, "BLOCK": 16}),
+    ("k_center", (None,), {"n": 1, "d": 1, "kmax": 1, "BLOCK": 16}),
 ]
 COUNT = sum(len(sims) for _, sims, _ in VARIANTS)
 

@@ -143,6 +143,20 @@ def test_near_ties_go_to_the_lowest_index(
     same_as_naive(x[None], 3, similarity="dot", device=device)
 
 
+@pytest.mark.parametrize("path", ["fused", "tiled"])
+def test_a_transposed_mask_and_strided_budgets(
+    device: str, path: str, request: pytest.FixtureRequest
+) -> None:
+    # the kernels read the mask and k as contiguous rows: views with other strides are copied
+    if path == "tiled":
+        request.getfixturevalue("tiled")
+    x, mask, k = ragged(13, 3, 24, 4)
+    mask_t = mask.t().contiguous().t()  # same values, column-major
+    k_strided = torch.stack([k, k], 1).reshape(-1)[::2]  # same values, stride 2
+    assert mask_t.stride() != mask.stride() and k_strided.stride() == (2,)
+    same_as_naive(x, k_strided, mask=mask_t, device=device)
+
+
 # ---------------------------------------------------------------------- compiled for a GPU
 
 

@@ -167,6 +167,15 @@ def test_triton_initial_centres_mask_budgets_and_duplicates(triton_device: str) 
     same_as_torch(x, k, triton_device, mask=mask, initial=initial)
 
 
+def test_triton_reads_strided_budgets_and_a_transposed_mask(triton_device: str) -> None:
+    x = features(16, 3, 20, 3)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 12:] = False
+    k = torch.tensor([3, 5, 7])
+    same_as_torch(x, torch.stack([k, k], 1).reshape(-1)[::2], triton_device,
+                  mask=mask.t().contiguous().t())  # fmt: skip
+
+
 def test_triton_refuses_what_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("triton")
     from coreset_sampler.kernels.facility_location import _triton

@@ -139,3 +139,19 @@ def test_ridge_nnls_with_duplicate_proxies_and_no_ridge() -> None:
     w = ridge_nnls(g, b, 0.0, start=torch.ones(3, dtype=torch.float64))
     assert (w >= 0).all()
     torch.testing.assert_close(w @ g, b)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e5])
+def test_scaling_the_proxies_and_the_target_scales_the_answer_only(scale: float) -> None:
+    rng = np.random.default_rng(5)
+    g, b = rng.standard_normal((6, 8)), rng.standard_normal(8)
+    ref = scipy_ridge_nnls(g, b, 0.0)
+    got = ridge_nnls(torch.from_numpy(g * scale), torch.from_numpy(b * scale), 0.0).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-9)
+    x = rng.standard_normal((40, 5)) + 0.5
+    plain = nonnegative_omp(torch.from_numpy(x), torch.from_numpy(x.sum(0)), 6, lam=0.0)
+    big = nonnegative_omp(
+        torch.from_numpy(x * scale), torch.from_numpy(x.sum(0) * scale), 6, lam=0.0
+    )
+    assert big.indices.tolist() == plain.indices.tolist()
+    np.testing.assert_allclose(big.weights.numpy(), plain.weights.numpy(), rtol=1e-8)

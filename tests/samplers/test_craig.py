@@ -26,7 +26,7 @@ from coreset_sampler.samplers._wholeset import batch_positions as _batch_positio
 from coreset_sampler.samplers._wholeset import coreset_size as _coreset_size
 from coreset_sampler.weights import WeightedIndex, WithWeights
 
-from ._helpers import Proxies
+from ._helpers import Proxies, stream
 
 
 def batches_of(sampler: CraigBatchSampler) -> list[list[int]]:
@@ -456,3 +456,23 @@ def test_tied_proxies_share_the_weights_of_the_coreset_with_a_warning() -> None:
         next(iter(s))
     weights = s.coreset_weights
     assert int((weights == 0).sum()) == 0 and weights.mean().item() == pytest.approx(1.0)
+
+
+def test_triton_method_selects_what_naive_selects() -> None:
+    pytest.importorskip("triton")
+    from coreset_sampler.kernels.facility_location import _triton
+
+    if not (torch.cuda.is_available() or _triton.interpreting()):
+        pytest.skip("needs CUDA or Triton's interpreter (TRITON_INTERPRET=1)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    table = Proxies(90, 3).table.to(device)
+    labels = torch.arange(90) % 3
+
+    def build(method: str) -> CraigBatchSampler:
+        return CraigBatchSampler(
+            90, 6, callback=lambda idx: table[idx], budget=0.2, labels=labels, seed=0,
+            method=method,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    a, b = build("triton"), build("naive")
+    assert stream(a) == stream(b)

@@ -30,6 +30,11 @@ from .facility_location._torch import distances
 
 __all__ = ["KCenterResult", "greedy_k_center"]
 
+# ``method="auto"`` runs the Triton kernel on CUDA up to this many points per problem: one
+# program walks all of a problem's points at every step, so a few large problems would leave
+# most of the GPU idle (neither side has been timed on a GPU yet)
+TRITON_MAX_N = 4096
+
 
 class KCenterResult(NamedTuple):
     """What :func:`greedy_k_center` returns; every field has the problems' leading shape.
@@ -73,8 +78,11 @@ def greedy_k_center(
         method: ``"torch"`` (a few PyTorch operations per step, any device), ``"triton"``
             (every step in one Triton kernel launch: CUDA float32 or half features; on CPU
             tensors only in Triton's interpreter, ``TRITON_INTERPRET=1``), or ``"auto"``
-            (triton for CUDA features that are not float64 when Triton imports, else torch).
-            Both pick alike: distances in float64 rounded once to float32.
+            (triton for CUDA features that are not float64, with at most 4096 points per
+            problem, when Triton imports; else torch).
+            Both compute distances in float64 and round them once to float32 (above 32
+            features the PyTorch path uses a float64 matrix product, which can differ in the
+            last bits).
 
     Returns:
         A :class:`KCenterResult` ``(indices, radii)``.
@@ -124,8 +132,8 @@ def greedy_k_center(
     to_mean = distances(x, mean).squeeze(-1).masked_fill(~valid, math.inf)
     central = to_mean.argmin(1)
     fresh = ~seeded.any(1)
-    if method == "auto":
-        cuda = device.type == "cuda" and dtype == torch.float32
+    if method == "auto":  # (one program per problem: up to TRITON_MAX_N points, untimed above)
+        cuda = device.type == "cuda" and dtype == torch.float32 and n <= TRITON_MAX_N
         method = "triton" if cuda and _triton.available() else "torch"
     if method == "triton":
         if dtype != torch.float32:

@@ -166,8 +166,9 @@ def ridge_nnls(
     s = g.shape[0]
     q = g @ g.T + lam * torch.eye(s, dtype=torch.float64, device=g.device)
     c = g @ b
-    scale = float(q.diagonal().abs().max()) if s else 1.0
-    eps = 1e-12 * max(scale, 1e-300) * max(1.0, float(c.abs().max()) if s else 1.0)
+    # a variable is freed when its negative half-gradient c − Q w exceeds eps: relative to c,
+    # the scale of that gradient, so that scaling g and b changes nothing
+    eps = 1e-12 * max(float(c.abs().max()) if s else 0.0, 1e-300)
     w = torch.zeros(s, dtype=torch.float64, device=g.device)
     passive = torch.zeros(s, dtype=torch.bool, device=g.device)
     if start is not None:

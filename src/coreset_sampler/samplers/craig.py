@@ -116,8 +116,8 @@ class CraigBatchSampler(WholeSetSampler):
         similarity: ``"neg_distance"`` (C − ‖g_i − g_j‖, CRAIG's), ``"exp"``, ``"cosine"`` or
             ``"dot"``.
         method: the kernel's method: ``"auto"`` (exact), ``"incremental"``, ``"stochastic"``,
-            ``"naive"`` (dense n×n: small classes only) or ``"lazy"`` (compiled, needs numba;
-            one dense n×n float64 matrix per class).
+            ``"naive"`` (dense n×n: small classes only), ``"lazy"`` (compiled, needs numba;
+            one dense n×n float64 matrix per class) or ``"triton"`` (CUDA proxies, Triton).
         epsilon: accuracy of ``method="stochastic"``, in (0, 1).
         chunk_size: rows per block of recomputed similarities (default ``max(16, 2^22 // n)``).
         drop_last: round ``budget · N / batch_size`` down instead of up.
@@ -221,6 +221,9 @@ class _CraigSelection(WholeSetSelection):
     def _chunk(self, n: int) -> int | None:
         # "auto" solves small problems with the dense naive greedy, which needs no chunk (and
         # the kernel does not build its matrix when given one); "naive" is dense by definition
-        if self.method in ("naive", "lazy") or (self.method == "auto" and n <= NAIVE_MAX_N):
+        # ("triton" takes no chunk: its tiles are fixed)
+        if self.method in ("naive", "lazy", "triton") or (
+            self.method == "auto" and n <= NAIVE_MAX_N
+        ):
             return None
         return self.chunk_size or _auto_chunk(n)

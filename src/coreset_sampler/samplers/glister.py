@@ -95,8 +95,12 @@ def glister_greedy(
     y = val_labels.detach().to(g.device).long()
     if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(z).all())):
         raise ValueError("the gradients or the validation logits contain NaN or inf")
-    if bool(((y < 0) | (y >= c)).any()):
-        raise ValueError(f"val_labels should be class indices in [0, {c}), but got {y.tolist()}")
+    bad = ((y < 0) | (y >= c)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"val_labels should be class indices in [0, {c}), but val_labels[{i}] = {int(y[i])}"
+        )
     onehot = torch.nn.functional.one_hot(y, c).double()
     shift = torch.zeros(c, dtype=torch.float64, device=g.device)
     taken = torch.zeros(n, dtype=torch.bool, device=g.device)

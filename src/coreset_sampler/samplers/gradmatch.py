@@ -65,11 +65,13 @@ class GradMatchBatchSampler(WholeSetSampler):
 
     **Per batch** (``per_batch=True``, GradMatch-PB): the candidates are whole mini-batches, a
     random partition of the set into full batches of ``batch_size`` drawn at each selection (a
-    remainder of fewer than ``batch_size`` examples sits out that selection), each represented
-    by the sum of its members' proxies; OMP (over the whole set, not per class: ``labels`` must
-    be ``None``) picks ``len(sampler)`` batches towards the sum of all proxies, random batches
-    of weight 1 fill what it leaves, every member carries its batch's weight (mean 1 over the
-    subset), and each epoch yields the chosen batches whole, in a fresh random order.
+    remainder of fewer than ``batch_size`` examples sits out that selection, and out of the
+    target), each represented by the sum of its members' proxies. OMP (over the whole set, not
+    per class: ``labels`` must be ``None``) picks ``len(sampler)`` batches towards the sum of
+    the partitioned examples' proxies, and random batches of weight 1 fill what it leaves. The
+    subset then holds ``len(sampler) · batch_size`` examples (``coreset_size``) rather than
+    round(budget · N); every member carries its batch's weight (mean 1 over the subset), and
+    each epoch yields the chosen batches whole, in a fresh random order.
 
     **Yield, state and resume** are CRAIG's (:class:`~coreset_sampler.CraigBatchSampler`):
     batches of ``batch_size`` distinct indices as

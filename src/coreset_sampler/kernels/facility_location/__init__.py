@@ -60,7 +60,6 @@ _SOLVERS: dict[tuple[str, str | None], Solver] = {
     ("incremental", None): _incremental.solve,
     ("stochastic", None): _stochastic.solve,
     ("lazy", "cpu"): _solve_lazy,
-    ("triton", None): lambda problem, generator: _triton.solve(problem),  # (ties: see below)
 }
 
 
@@ -153,14 +152,14 @@ def greedy_facility_location(
         )
     problem = describe(features, k, mask, similarity, epsilon, chunk_size)
     name = _auto(problem) if method == "auto" else method
+    if name == "triton":  # weights by the ties rule in the kernel: no PyTorch pass after it
+        return _triton.solve(problem, share=ties == "share")
     solver = _SOLVERS.get((name, problem.device.type)) or _SOLVERS.get((name, None))
     if solver is None:
         raise ValueError(
             f"method={name!r} runs on the CPU, but the features are on {problem.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
-    if name == "triton":  # weights by the ties rule in the kernel: no PyTorch pass after it
-        return _triton.solve(problem, share=ties == "share")
     result = solver(problem, generator)
     if ties == "share":
         working = prepare(problem, "incremental")

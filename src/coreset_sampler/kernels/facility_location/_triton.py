@@ -139,12 +139,15 @@ def _fused(kern: Any, p: Problem, share: bool) -> tuple[Tensor, Tensor, Tensor, 
     gains = torch.empty(batch, kmax, dtype=torch.float32, device=dev)
     objective = torch.empty(batch, dtype=torch.float64, device=dev)
     bad = torch.zeros(batch, dtype=torch.int32, device=dev)
-    mask = p.mask if p.mask is not None else bad  # (a placeholder, unread without a mask)
+    # (the kernels read the mask and the budgets as contiguous rows: a transposed mask or a
+    # strided k is copied first; without a mask, a placeholder that is never read)
+    mask = p.mask.contiguous() if p.mask is not None else bad
+    budgets = p.budgets().contiguous()
     block = max(16, _next_pow2(p.n))
     kern.fused[(batch,)](
-        feats, mask, p.budgets(), indices, weights, gains, objective, bad,
-        p.n, feats.shape[-1], *feats.stride(), mask.stride(0),
-        KMAX=kmax, KP=max(2, _next_pow2(kmax)), BN=block, SIM=_SIMILARITY[p.kind],
+        feats, mask, budgets, indices, weights, gains, objective, bad,
+        p.n, feats.shape[-1], *feats.stride(), mask.stride(0), kmax,
+        KP=max(2, _next_pow2(kmax)), BN=block, SIM=_SIMILARITY[p.kind],
         SHARE=share, HAS_MASK=p.mask is not None, num_warps=4 if block <= 64 else 8,
         enable_fp_fusion=False,
     )  # fmt: skip
@@ -160,7 +163,8 @@ def _tiled(kern: Any, p: Problem, share: bool) -> tuple[Tensor, Tensor, Tensor, 
     feats = working.features
     assert feats is not None
     batch, n, dev, kmax = p.batch, p.n, p.device, p.kmax
-    mask = working.mask
+    mask = working.mask.contiguous()
+    budgets = working.k.contiguous()
     base = torch.zeros(batch, dtype=torch.float64, device=dev)
     if p.kind == "neg_distance":
         base = -max_distance(feats, mask, None)
@@ -181,7 +185,7 @@ def _tiled(kern: Any, p: Problem, share: bool) -> tuple[Tensor, Tensor, Tensor, 
             BI=_TILE, BJ=_TILE, SIM=sim, HAS_MASK=True, enable_fp_fusion=False,
         )  # fmt: skip
         kern.pick[(batch,)](
-            feats, mask, working.k, cur, taken, g, tol, count, indices, gains,
+            feats, mask, budgets, cur, taken, g, tol, count, indices, gains,
             n, feats.shape[-1], *stride, n, n, kmax, step,
             BLOCK=_CHUNK, SIM=sim, HAS_MASK=True, enable_fp_fusion=False,
         )  # fmt: skip
@@ -214,8 +218,8 @@ def k_center(x: Tensor, dist: Tensor, first: Tensor, k: Tensor, kmax: int) -> tu
     indices = torch.empty(batch, kmax, dtype=torch.int64, device=x.device)
     radii = torch.empty(batch, kmax, dtype=torch.float32, device=x.device)
     kern.k_center[(batch,)](
-        x, dist, first, k, indices, radii, n, d, *x.stride(), dist.stride(0),
-        KMAX=kmax, BLOCK=min(_CHUNK, max(16, _next_pow2(n))), enable_fp_fusion=False,
+        x, dist, first.contiguous(), k.contiguous(), indices, radii, n, d, *x.stride(),
+        dist.stride(0), kmax, BLOCK=min(_CHUNK, max(16, _next_pow2(n))), enable_fp_fusion=False,
     )  # fmt: skip
     return indices, radii
 

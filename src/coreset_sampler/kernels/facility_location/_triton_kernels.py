@@ -3,8 +3,11 @@ them with ``triton.jit`` for CUDA, or wraps them for Triton's CPU interpreter.
 
 Similarity codes (``SIM``): 0 ``neg_distance`` (−‖x_i − x_j‖, the constant C in the floor),
 1 ``exp`` (exp(−‖x_i − x_j‖ / d)), 2 ``dot``, 3 ``cosine`` (fused kernel only; the tiled path
-normalises the features first and uses ``dot``). Distances are accumulated in float64 over the
-features and rounded once to float32, as :func:`._torch.distances` does.
+normalises the features first and uses ``dot``). Squared differences are accumulated in float64
+over the features, the square root taken in float64 and rounded once to float32 (as
+:func:`._torch.distances` does up to 32 features; above, it uses a float64 matrix product, which
+can differ in the last bits), and ``exp`` is evaluated in float64 (no approximate GPU
+instructions), so a similarity is within an ulp of the PyTorch paths'.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ with contextlib.suppress(ImportError):
 
 def fused(
     X, M, K, IDX, W, G, OBJ, BAD,
-    n, d, sxb, sxn, sxd, smb,
-    KMAX: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, SIM: tl.constexpr,
+    n, d, sxb, sxn, sxd, smb, kmax,
+    KP: tl.constexpr, BN: tl.constexpr, SIM: tl.constexpr,
     SHARE: tl.constexpr, HAS_MASK: tl.constexpr,
 ):  # fmt: skip
     """One problem per program: similarities, every greedy step, cluster sizes, objective."""
@@ -31,7 +34,7 @@ def fused(
         valid = (tl.load(M + b * smb + rows, mask=inside, other=0) != 0) & inside
     else:
         valid = inside
-    base_ptr = X + b * sxb + rows * sxn
+    base_ptr = X + b * sxb + rows.to(tl.int64) * sxn  # (int64: n·d may pass 2**31)
     if SIM == 3:
         norm = tl.zeros([BN], dtype=tl.float64)
         for t in range(0, d):
@@ -53,7 +56,7 @@ def fused(
     if SIM == 0:
         s = -(tl.sqrt(acc).to(tl.float32))
     elif SIM == 1:
-        s = tl.exp(-(tl.sqrt(acc).to(tl.float32) / d))
+        s = tl.exp(-(tl.sqrt(acc).to(tl.float32).to(tl.float64) / d)).to(tl.float32)
     else:
         s = acc.to(tl.float32)
     both = valid[:, None] & valid[None, :]
@@ -72,7 +75,7 @@ def fused(
     picks = tl.full([KP], -1, dtype=tl.int64)
     gains = tl.zeros([KP], dtype=tl.float32)
     tol = count * 0.0
-    for step in range(0, KMAX):
+    for step in range(0, kmax):
         g = tl.sum(tl.maximum(s - cur[:, None], 0.0), axis=0)  # Σ_i relu(s(i, j) − cur_i)
         g = tl.where(taken, float("-inf"), g)
         best = tl.max(g, axis=0)
@@ -104,10 +107,10 @@ def fused(
         counts = tl.sum(owner.to(tl.float64), axis=0)
     sizes = tl.sum(tl.where(rows[None, :] == picks[:, None], counts[None, :], 0.0), axis=1)
     objective = tl.sum(tl.where(valid, cur.to(tl.float64) - base.to(tl.float64), 0.0), axis=0)
-    keep = ks < KMAX
-    tl.store(IDX + b * KMAX + ks, picks, mask=keep)
-    tl.store(W + b * KMAX + ks, sizes.to(tl.float32), mask=keep)
-    tl.store(G + b * KMAX + ks, gains, mask=keep)
+    keep = ks < kmax
+    tl.store(IDX + b * kmax + ks, picks, mask=keep)
+    tl.store(W + b * kmax + ks, sizes.to(tl.float32), mask=keep)
+    tl.store(G + b * kmax + ks, gains, mask=keep)
     tl.store(OBJ + b, objective)
     tl.store(BAD + b, tl.max(bad, axis=0))
 
@@ -127,8 +130,10 @@ def gains(
     else:
         col_ok = col_in
     total = tl.zeros([BJ], dtype=tl.float64)
+    cols64 = cols.to(tl.int64)  # (int64 offsets: n·d may pass 2**31)
     for start in range(0, n, BI):
         rows = start + tl.arange(0, BI)
+        rows64 = rows.to(tl.int64)
         row_in = rows < n
         if HAS_MASK:
             row_ok = (tl.load(M + b * smb + rows, mask=row_in, other=0) != 0) & row_in
@@ -136,8 +141,8 @@ def gains(
             row_ok = row_in
         acc = tl.zeros([BI, BJ], dtype=tl.float64)
         for t in range(0, d):
-            xi = tl.load(X + b * sxb + rows * sxn + t * sxd, mask=row_ok, other=0.0)
-            xj = tl.load(X + b * sxb + cols * sxn + t * sxd, mask=col_ok, other=0.0)
+            xi = tl.load(X + b * sxb + rows64 * sxn + t * sxd, mask=row_ok, other=0.0)
+            xj = tl.load(X + b * sxb + cols64 * sxn + t * sxd, mask=col_ok, other=0.0)
             xi = xi.to(tl.float64)
             xj = xj.to(tl.float64)
             if SIM < 2:
@@ -148,7 +153,7 @@ def gains(
         if SIM == 0:
             s = -(tl.sqrt(acc).to(tl.float32))
         elif SIM == 1:
-            s = tl.exp(-(tl.sqrt(acc).to(tl.float32) / d))
+            s = tl.exp(-(tl.sqrt(acc).to(tl.float32).to(tl.float64) / d)).to(tl.float32)
         else:
             s = acc.to(tl.float32)
         s = tl.where(row_ok[:, None] & col_ok[None, :], s, 0.0)
@@ -201,8 +206,10 @@ def pick(
                 row_ok = row_in
             acc = tl.zeros([BLOCK], dtype=tl.float64)
             for t in range(0, d):
-                xi = tl.load(X + b * sxb + rows * sxn + t * sxd, mask=row_ok, other=0.0)
-                xp = tl.load(X + b * sxb + chosen * sxn + t * sxd)
+                xi = tl.load(
+                    X + b * sxb + rows.to(tl.int64) * sxn + t * sxd, mask=row_ok, other=0.0
+                )
+                xp = tl.load(X + b * sxb + chosen.to(tl.int64) * sxn + t * sxd)
                 xi = xi.to(tl.float64)
                 xp = xp.to(tl.float64)
                 if SIM < 2:
@@ -213,7 +220,7 @@ def pick(
             if SIM == 0:
                 s = -(tl.sqrt(acc).to(tl.float32))
             elif SIM == 1:
-                s = tl.exp(-(tl.sqrt(acc).to(tl.float32) / d))
+                s = tl.exp(-(tl.sqrt(acc).to(tl.float32).to(tl.float64) / d)).to(tl.float32)
             else:
                 s = acc.to(tl.float32)
             s = tl.where(row_ok, s, 0.0)
@@ -226,8 +233,8 @@ def pick(
 
 def k_center(
     X, D, FIRST, K, IDX, RAD,
-    n, d, sxb, sxn, sxd, sdb,
-    KMAX: tl.constexpr, BLOCK: tl.constexpr,
+    n, d, sxb, sxn, sxd, sdb, kmax,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Farthest-point greedy, one problem per program, every step in one launch.
 
@@ -250,7 +257,7 @@ def k_center(
         best = tl.maximum(best, top)
     first = tl.load(FIRST + b)
     budget = tl.load(K + b)
-    for step in range(0, KMAX):
+    for step in range(0, kmax):
         pick = arg.to(tl.int64)
         if step == 0:
             pick = tl.where(first >= 0, first, pick)
@@ -262,7 +269,9 @@ def k_center(
                 inside = offs < n
                 acc = tl.zeros([BLOCK], dtype=tl.float64)
                 for t in range(0, d):
-                    xi = tl.load(X + b * sxb + offs * sxn + t * sxd, mask=inside, other=0.0)
+                    xi = tl.load(
+                        X + b * sxb + offs.to(tl.int64) * sxn + t * sxd, mask=inside, other=0.0
+                    )
                     xp = tl.load(X + b * sxb + pick * sxn + t * sxd)
                     diff = xi.to(tl.float64) - xp.to(tl.float64)
                     acc += diff * diff
@@ -274,8 +283,8 @@ def k_center(
                 at = tl.min(tl.where((score == top) & inside, offs, n), axis=0)
                 arg = tl.where(top > best, at, arg)
                 best = tl.maximum(best, top)
-            tl.store(IDX + b * KMAX + step, pick)
-            tl.store(RAD + b * KMAX + step, tl.maximum(best, 0.0))
+            tl.store(IDX + b * kmax + step, pick)
+            tl.store(RAD + b * kmax + step, tl.maximum(best, 0.0))
         else:
-            tl.store(IDX + b * KMAX + step, tl.full([], -1, dtype=tl.int64))
-            tl.store(RAD + b * KMAX + step, tl.full([], float("nan"), dtype=tl.float32))
+            tl.store(IDX + b * kmax + step, tl.full([], -1, dtype=tl.int64))
+            tl.store(RAD + b * kmax + step, tl.full([], float("nan"), dtype=tl.float32))
