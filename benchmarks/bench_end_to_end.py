@@ -1,4 +1,5 @@
-"""End-to-end benchmark on Fashion-MNIST: full data vs random vs CRAIG, GradMatch, CREST, seeds.
+"""End-to-end benchmark on Fashion-MNIST: full data, random, CRAIG, GradMatch, GLISTER, AdaCore,
+InfoBatch and CREST, over seeds.
 
 Every (method, seed) run trains the same SmallCNN from the same seed-dependent initial weights
 with the same epochs and learning-rate schedule (``examples/fashion_mnist.py``'s recipe), in a
@@ -19,6 +20,10 @@ Methods:
   (defaults) on those proxies;
 * ``glister``: GLISTER, the subset whose one-step update most lowers the loss on a random 1%
   of the training set, every epoch;
+* ``infobatch``: InfoBatch (prune half of the below-mean-loss examples each epoch, up-weight
+  the rest, full epochs for the last 12.5%), with its epochs as long as what it keeps;
+  ``infobatch-0.1``: the same pruning, at most ``budget`` of a full epoch's steps per epoch
+  (CREST's number of steps);
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
   P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
@@ -75,6 +80,10 @@ VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "crest-paper": ("crest", None, PAPER),
     # CREST on AdaCore's Hessian-preconditioned proxies
     "crest-adacore": ("crest", None, {"precondition": "hessian"}),
+    # InfoBatch with its authors' defaults (r = 0.5, δ = 0.875), every epoch up to full length
+    "infobatch": ("infobatch", 1.0, {}),
+    # InfoBatch's pruning within CREST's budget of steps per epoch
+    "infobatch-0.1": ("infobatch", None, {}),
 }
 # the second configuration: another architecture family (an MLP, no BatchNorm) and another
 # learning-rate schedule (cosine from 0.05, no warm-up)

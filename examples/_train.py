@@ -32,12 +32,15 @@ from coreset_sampler import (
     GlisterBatchSampler,
     GradientProxyCallback,
     GradMatchBatchSampler,
+    InfoBatchSampler,
     QuadraticLossMonitor,
     RandomBatchSampler,
     WithWeights,
 )
 
-METHODS: tuple[str, ...] = ("full", "random", "crest", "craig", "gradmatch", "adacore", "glister")
+METHODS: tuple[str, ...] = (
+    "full", "random", "crest", "craig", "gradmatch", "adacore", "glister", "infobatch",
+)  # fmt: skip
 
 
 @dataclass
@@ -138,9 +141,11 @@ def make_loader(
     num_workers: int,
     crest: CrestConfig | None = None,
     lr: float = 0.1,
+    epochs: int = 1,
 ) -> tuple[DataLoader[Any], Any]:
     """The DataLoader of one method, and its batch sampler (``None`` for full data); ``lr``
-    is GLISTER's one-step size η."""
+    is GLISTER's one-step size η, ``epochs`` InfoBatch's for its annealing. InfoBatch's
+    loader also returns each example's index (to report its loss)."""
     common: dict[str, Any] = {"num_workers": num_workers}
     if num_workers > 0:
         common["persistent_workers"] = True
@@ -217,6 +222,15 @@ def make_loader(
             train_set, batch_size, callback=proxies, validation=validation, budget=budget,
             eta=lr, reselect_every=1, seed=seed,
         )  # fmt: skip
+    elif method == "infobatch":
+        # InfoBatch (Qin et al., ICLR 2024): each epoch, half of the examples whose last loss
+        # is below the mean are left out and the rest of them weigh 2; the last 12.5% of the
+        # epochs are full; the losses come from the training steps (report_losses below)
+        sampler = InfoBatchSampler(
+            train_set, batch_size, num_epochs=epochs, budget=budget, seed=seed
+        )
+        data = WithWeights(train_set, return_index=True)
+        return DataLoader(data, batch_sampler=sampler, **common), sampler
     else:
         raise ValueError(f"method should be one of {METHODS}, but got method={method!r}")
     return DataLoader(WithWeights(train_set), batch_sampler=sampler, **common), sampler
@@ -274,14 +288,21 @@ def train_one(
     model.to(device).train()
     loader, sampler = make_loader(
         method, model, train_set, labels, budget=budget, batch_size=recipe.batch_size,
-        seed=seed, num_workers=num_workers, crest=crest, lr=recipe.lr,
+        seed=seed, num_workers=num_workers, crest=crest, lr=recipe.lr, epochs=recipe.epochs,
     )  # fmt: skip
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
     )  # fmt: skip
     steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe, steps_per_epoch))
+    # the schedule follows the epochs done (fractional): the step count for a loader of fixed
+    # length, and right for InfoBatch, whose epochs are shorter once it prunes
+    factor = lr_factor(recipe, steps_per_epoch)
+    done = [0.0]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda _k: factor(round(done[0] * steps_per_epoch))
+    )
+    report = getattr(sampler, "report_losses", None) if method == "infobatch" else None
     aug_gen = torch.Generator().manual_seed(seed + 1)
     history: list[dict[str, Any]] = []
     train_s = eval_s = 0.0
@@ -290,18 +311,23 @@ def train_one(
         for epoch in range(recipe.epochs):
             t0 = time.perf_counter()
             loss_sum = correct = seen = 0.0
+            num_batches = len(loader)  # (InfoBatch: this epoch's, from the losses so far)
             bar = progress(loader, f"[{method:>6}] epoch {epoch + 1}/{recipe.epochs}")
-            for k, (x, y, w) in enumerate(bar):
+            for k, batch in enumerate(bar):
                 if max_steps is not None and k >= max_steps:
                     break
-                x, y, w = x.to(device), y.to(device), w.to(device)
+                x, y, w = (t.to(device) for t in batch[:3])
                 if augment:
                     x = augment_crop_flip(x, aug_gen)
                 out = model(x)
-                loss = (w * F.cross_entropy(out, y, reduction="none")).mean()
+                per_sample = F.cross_entropy(out, y, reduction="none")
+                loss = (w * per_sample).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if report is not None:
+                    report(batch[3], per_sample.detach())
+                done[0] = epoch + (k + 1) / num_batches
                 scheduler.step()
                 steps += 1
                 loss_sum += float(loss.detach()) * len(y)

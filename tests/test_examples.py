@@ -31,7 +31,7 @@ import cifar  # noqa: E402
 import fashion_mnist  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _train import CrestConfig, Recipe, augment_crop_flip, lr_factor  # noqa: E402
+from _train import CrestConfig, Recipe, augment_crop_flip, lr_factor, train_one  # noqa: E402
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -202,6 +202,30 @@ def test_lr_schedule_cosine() -> None:
     factor = lr_factor(Recipe(epochs=10, warmup=0.0, schedule="cosine"), steps_per_epoch=10)
     assert factor(0) == 1.0 and factor(50) == pytest.approx(0.5) and factor(100) == 0.0
     assert factor(25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_infobatch_in_the_loop_reports_losses_and_the_schedule_follows_its_shorter_epochs(
+    fashion_dir: tuple[Path, dict[str, Any]],
+) -> None:
+    from _nets import SmallCNN
+
+    data = _data.load_fashion_mnist(fashion_dir[0])
+    images, labels = data["train"]
+    train_set = _data.ImageDataset(images, labels)
+    test_set = _data.ImageDataset(*data["test"], mean=train_set.mean, std=train_set.std)
+    recipe = Recipe(epochs=4, batch_size=16, warmup=0.0, milestones=(0.5,))
+    model = SmallCNN(in_channels=1, num_classes=10, width=4)
+    result = train_one(
+        "infobatch", model, train_set, test_set, np.asarray(labels), recipe, budget=1.0, seed=0,
+        device=torch.device("cpu"), log_sampler=False,
+    )  # fmt: skip
+    assert len(result["history"]) == 4
+    # epoch 0 is full (19 batches of 300); 1 and 2 are pruned from the reported losses; the
+    # last (δ = 0.875 of 4 epochs) is full again
+    assert result["steps_per_epoch"] == 19
+    assert 3 * 19 < result["steps"] < 4 * 19
+    # the schedule is in epochs: ×0.1 from epoch 2 on, whatever the epochs' lengths
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.1, 0.01, 0.01, 0.01])
 
 
 # --------------------------------------------------------------------------- CIFAR

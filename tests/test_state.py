@@ -16,6 +16,7 @@ from coreset_sampler import (
     CraigBatchSampler,
     CrestBatchSampler,
     DropLearned,
+    InfoBatchSampler,
     KCenterBatchSampler,
     RandomBatchSampler,
 )
@@ -108,10 +109,13 @@ def _samplers() -> dict[str, Any]:
         "craig": lambda **kw: CraigBatchSampler(n, 10, callback=Proxies(n), seed=0, **kw),
         "k-center": lambda **kw: KCenterBatchSampler(n, 10, callback=Proxies(n), seed=0, **kw),
         "random": lambda **kw: RandomBatchSampler(n, 10, seed=0, **kw),
+        "infobatch": lambda **kw: InfoBatchSampler(
+            n, 10, num_epochs=5, seed=0, **{"budget": 0.1, **kw}
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random", "infobatch"])
 def test_every_sampler_refuses_another_kind_budget_or_version(name: str) -> None:
     build = _samplers()[name]
     s = build()
@@ -284,7 +288,7 @@ def test_a_state_of_another_setting_is_refused(
     build().load_state_dict(state)  # the same settings: fine
 
 
-@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random", "infobatch"])
 def test_a_state_saved_before_the_first_batch_resumes_like_a_fresh_start(name: str) -> None:
     build = _samplers()[name]
     reference = build()
@@ -295,7 +299,7 @@ def test_a_state_saved_before_the_first_batch_resumes_like_a_fresh_start(name: s
     assert stream(resumed) + stream(resumed) == expected
 
 
-@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random", "infobatch"])
 @pytest.mark.parametrize("where", ["after the pass", "after the last batch", "set_epoch"])
 def test_a_state_saved_at_an_epoch_boundary_resumes_the_next_epoch(name: str, where: str) -> None:
     build = _samplers()[name]
@@ -318,7 +322,7 @@ def test_a_state_saved_at_an_epoch_boundary_resumes_the_next_epoch(name: str, wh
     assert resumed.epoch == reference.epoch == 3
 
 
-@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random", "infobatch"])
 def test_a_loop_that_breaks_out_early_gets_new_batches_and_set_epoch_chooses(name: str) -> None:
     reference = _samplers()[name]()
     epochs = [stream(reference) for _ in range(3)]
@@ -327,7 +331,8 @@ def test_a_loop_that_breaks_out_early_gets_new_batches_and_set_epoch_chooses(nam
     assert first == epochs[0][:2]
     second = stream(s, 2)  # like torch's samplers: the next pass, new batches (the next epoch)
     assert s.epoch == 1 and second != first
-    if name in ("random", "craig"):  # (CREST's and k-center's coresets carry over the passes)
+    # (CREST's and k-center's coresets carry over the passes)
+    if name in ("random", "craig", "infobatch"):
         assert second == epochs[1][:2]
         s.set_epoch(1)  # the epoch it is in: a no-op, so the next pass is the next epoch
         assert stream(s) == epochs[2]
@@ -409,7 +414,7 @@ def test_fields_that_do_not_fit_together_are_refused(
     assert fresh.state_dict() == before
 
 
-@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random"])
+@pytest.mark.parametrize("name", ["crest", "craig", "k-center", "random", "infobatch"])
 def test_set_epoch_of_the_current_epoch_during_a_pass_changes_nothing(name: str) -> None:
     # (frameworks may set the epoch once the loader has begun the pass: Lightning's fetcher
     # prefetches a batch before on_train_epoch_start)

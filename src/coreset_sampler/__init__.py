@@ -23,6 +23,7 @@ from coreset_sampler.samplers import (
     DropLearned,
     GlisterBatchSampler,
     GradMatchBatchSampler,
+    InfoBatchSampler,
     KCenterBatchSampler,
     RandomBatchSampler,
 )
@@ -38,6 +39,7 @@ __all__ = [  # noqa: RUF022
     "CraigBatchSampler",
     "GradMatchBatchSampler",
     "GlisterBatchSampler",
+    "InfoBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
     "DropLearned",

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 T = TypeVar("T")
 
 
@@ -232,6 +233,25 @@ def index_array(indices: Any, n: int, where: str) -> IntArray:
         bad = arr[(arr < 0) | (arr >= n)][:5].tolist()
         raise ValueError(f"{where}: indices should be in [0, {n}), but got {bad}")
     return arr
+
+
+def loss_arrays(indices: Any, losses: Any, n: int, where: str) -> tuple[IntArray, FloatArray]:
+    """Per-sample losses reported with their example indices, as int64 and float64 arrays of
+    the same length (``where`` names the call)."""
+    idx = index_array(indices, n, where)
+    if isinstance(losses, Tensor):
+        values = losses.detach().reshape(-1).to("cpu", torch.float64).numpy()
+    else:
+        try:
+            values = np.asarray(losses, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{where}: losses should be numbers (a tensor or a sequence of floats), but "
+                f"got {losses!r:.80}"
+            ) from err
+    if values.shape[0] != idx.shape[0]:
+        raise ValueError(f"{where}: got {idx.shape[0]} indices but {values.shape[0]} losses")
+    return idx, values
 
 
 def check_tensor(name: str, x: Any, *, ndim: int | None = None, floating: bool = False) -> Tensor:

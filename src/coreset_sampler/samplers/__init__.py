@@ -3,6 +3,7 @@
 The samplers: :class:`CrestBatchSampler` (CREST's mini-batch coresets), :class:`CraigBatchSampler`
 (CRAIG's whole-set coreset), :class:`GradMatchBatchSampler` (GradMatch's gradient-matching
 subset), :class:`GlisterBatchSampler` (GLISTER's validation-driven subset),
+:class:`InfoBatchSampler` (InfoBatch's loss-based pruning),
 :class:`KCenterBatchSampler` (k-center batches) and :class:`RandomBatchSampler` (the uniform
 baseline). The parts they are made of, each with one
 job (``docs/architecture.md``): the budgeted batch stream and the coreset cycle
@@ -20,6 +21,7 @@ from .craig import CraigBatchSampler
 from .crest import CrestBatchSampler
 from .glister import GlisterBatchSampler
 from .gradmatch import GradMatchBatchSampler
+from .infobatch import InfoBatchSampler
 from .k_center import KCenterBatchSampler
 from .random import RandomBatchSampler
 
@@ -30,6 +32,7 @@ __all__ = [
     "DropLearned",
     "GlisterBatchSampler",
     "GradMatchBatchSampler",
+    "InfoBatchSampler",
     "KCenterBatchSampler",
     "RandomBatchSampler",
     "SamplerTelemetry",

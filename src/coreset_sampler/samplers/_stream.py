@@ -104,6 +104,9 @@ class BudgetedStream(Stateful):
                 f"(batch_size·num_replicas) = {per:.4g} rounds down to 0 with "
                 f"drop_last=True; raise the budget or use drop_last=False"
             )
+        # the most an epoch can have; a sampler whose epochs vary (InfoBatch's pruned epochs)
+        # sets ``num_steps`` per epoch, at most this
+        self.max_steps = self.num_steps
         for name in ("num_samples", "batch_size", "budget", "drop_last", "num_replicas", "rank"):
             self.add_config(name, getattr(self, name))
         self.streams = streams
@@ -171,10 +174,10 @@ class BudgetedStream(Stateful):
         return None
 
     def _check_together(self, values: Mapping[str, Any]) -> str | None:
-        if not 0 <= values["step_in_epoch"] <= self.num_steps:
+        if not 0 <= values["step_in_epoch"] <= self.max_steps:
             return (
                 f"holds step_in_epoch={values['step_in_epoch']}, outside the epoch's "
-                f"[0, {self.num_steps}] steps"
+                f"[0, {self.max_steps}] steps"
             )
         return None
 

@@ -29,8 +29,12 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from coreset_sampler._checks import check_choice, check_nonnegative_int, check_positive_int
-from coreset_sampler._checks import index_array as _index_array
+from coreset_sampler._checks import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_int,
+    loss_arrays,
+)
 from coreset_sampler.kernels.facility_location import SimilarityName
 from coreset_sampler.kernels.facility_location._problem import SIMILARITIES
 from coreset_sampler.proxies import ProxyCallback
@@ -283,21 +287,7 @@ class CrestBatchSampler(PoolSampler):
             TypeError: on losses that are not numbers.
             ValueError: on lengths that differ or indices outside ``[0, num_samples)``.
         """
-        idx = _index_array(indices, self.num_samples, "report_losses")
-        if isinstance(losses, Tensor):
-            values = losses.detach().reshape(-1).to("cpu", torch.float64).numpy()
-        else:
-            try:
-                values = np.asarray(losses, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError) as err:
-                raise TypeError(
-                    f"report_losses: losses should be numbers (a tensor or a sequence of "
-                    f"floats), but got {losses!r:.80}"
-                ) from err
-        if values.shape[0] != idx.shape[0]:
-            raise ValueError(
-                f"report_losses: got {idx.shape[0]} indices but {values.shape[0]} losses"
-            )
+        idx, values = loss_arrays(indices, losses, self.num_samples, "report_losses")
         self._dropper.observe(idx, values, self._stream.step)
 
 
