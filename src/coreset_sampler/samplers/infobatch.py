@@ -200,7 +200,8 @@ class InfoBatchSampler(BudgetedSampler):
         drop_last: drop an epoch's last, incomplete batch.
         seed: seed of the random streams (0 when neither ``seed`` nor ``generator`` is given).
         generator: a :class:`torch.Generator` to draw the seed from, instead of ``seed``.
-        num_replicas, rank: distributed sharding (defaults: the process group's).
+        num_replicas: the number of ranks sharing each epoch (default: the process group's).
+        rank: this process's rank (default: the process group's).
 
     Examples:
         >>> sampler = InfoBatchSampler(100, batch_size=10, num_epochs=4, seed=0)
