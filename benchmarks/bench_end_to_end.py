@@ -279,15 +279,25 @@ def plot_accuracy_time(runs: list[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name in dict.fromkeys(r["name"] for r in runs):
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vPX<>*hp"
+    for k, name in enumerate(dict.fromkeys(r["name"] for r in runs)):
         rs = [r for r in runs if r["name"] == name]
-        ax.scatter([r["seconds"] for r in rs], [100 * r["test_acc"] for r in rs], label=name)
+        ax.scatter(
+            [r["seconds"] for r in rs], [100 * r["test_acc"] for r in rs], label=name,
+            color=colors[(2 * k) % 20 + (2 * k) // 20 % 2], marker=markers[k % len(markers)],
+        )  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training seconds (log scale; every sampler overhead included)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
