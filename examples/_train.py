@@ -302,7 +302,7 @@ def train_one(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda _k: factor(round(done[0] * steps_per_epoch))
     )
-    report = getattr(sampler, "report_losses", None) if method == "infobatch" else None
+    report = sampler.report_losses if method == "infobatch" else None  # (its losses)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     history: list[dict[str, Any]] = []
     train_s = eval_s = 0.0
