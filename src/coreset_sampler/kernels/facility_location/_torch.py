@@ -184,7 +184,29 @@ def pairwise(a: Tensor, b: Tensor, kind: str) -> Tensor:
     if kind == "exp":
         return distances(a, b).div_(-float(a.shape[-1])).exp_()
     # "cosine" features are already normalised
+    if a.shape[-1] <= _DIFF_MAX_DIM:
+        return dot_products(a, b)
     return a @ b.transpose(-1, -2)
+
+
+def dot_products(a: Tensor, b: Tensor) -> Tensor:
+    """Dot products ``[..., p, q]`` of the rows of ``a`` and ``b`` in float64, rounded once to
+    ``a``'s dtype, each pair summed in the same order wherever it sits in the output (as the
+    compiled kernel sums them: two features at a time). A matrix product rounds a pair
+    differently by its place in the output on some CPUs, so that two identical points were
+    not equally similar to a third, and ties between them were broken differently by the
+    exact methods."""
+    a64, b64 = a.double().unsqueeze(-2), b.double().unsqueeze(-3)  # [..., p, 1, d], [..., 1, q, d]
+    d = a.shape[-1]
+    out: Tensor | None = None
+    for t in range(0, d - 1, 2):
+        pair = a64[..., t] * b64[..., t] + a64[..., t + 1] * b64[..., t + 1]
+        out = pair if out is None else out.add_(pair)
+    if d % 2:
+        last = a64[..., d - 1] * b64[..., d - 1]
+        out = last if out is None else out.add_(last)
+    assert out is not None  # (d ≥ 1)
+    return out.to(a.dtype)
 
 
 def max_distance(feats: Tensor, mask: Tensor, chunk_size: int | None) -> Tensor:
