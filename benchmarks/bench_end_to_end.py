@@ -21,7 +21,7 @@ Methods:
 * ``glister``: GLISTER, the subset whose one-step update most lowers the loss on a random 1%
   of the training set, every epoch;
 * ``infobatch``: InfoBatch (prune half of the below-mean-loss examples each epoch, up-weight
-  the rest, full epochs for the last 12.5%), with its epochs as long as what it keeps;
+  the rest, full epochs from 0.875 · epochs on), with its epochs as long as what it keeps;
   ``infobatch-0.1``: the same pruning, at most ``budget`` of a full epoch's steps per epoch
   (CREST's number of steps);
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;

@@ -224,7 +224,7 @@ def make_loader(
         )  # fmt: skip
     elif method == "infobatch":
         # InfoBatch (Qin et al., ICLR 2024): each epoch, half of the examples whose last loss
-        # is below the mean are left out and the rest of them weigh 2; the last 12.5% of the
+        # is below the mean are left out and the rest of them weigh 2; from 0.875 · epochs on the
         # epochs are full; the losses come from the training steps (report_losses below)
         sampler = InfoBatchSampler(
             train_set, batch_size, num_epochs=epochs, budget=budget, seed=seed

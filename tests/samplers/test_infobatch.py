@@ -3,6 +3,7 @@ DataLoader workers, sharding and errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -118,6 +119,33 @@ def test_annealing_epochs_and_the_first_epoch_are_not_pruned() -> None:
     assert sizes[0] == n and weights[0] == {1.0}
     assert all(s < n for s in sizes[1:6]) and all(len(w) == 2 for w in weights[1:6])
     assert sizes[6:] == [n] * 4 and all(w == {1.0} for w in weights[6:])
+
+
+def test_a_state_with_a_plan_drawn_before_the_last_losses_resumes_with_the_right_plan() -> None:
+    n = 200
+    a = InfoBatchSampler(n, 16, num_epochs=8, seed=2)
+    a.report_losses(range(n), losses_of(0, n))
+    stream(a)
+    len(a)  # plans epoch 1 provisionally ...
+    a.report_losses(range(n), losses_of(1, n))  # ... then more losses come
+    b = InfoBatchSampler(n, 16, num_epochs=8, seed=2)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert len(b) == len(a) and stream(b) == stream(a)
+
+
+def test_a_pruned_epoch_keeps_a_full_batch() -> None:
+    s = InfoBatchSampler(10, 8, num_epochs=10, prune_ratio=0.9, drop_last=True, seed=0)
+    s.report_losses(range(10), [0.1] * 9 + [100.0])
+    (batch,) = stream(s)
+    assert len(set(batch[0])) == 8 and s.num_pruned == 2  # 8 of 9 would be pruned otherwise
+
+
+def test_the_annealing_starts_at_delta_times_epochs_despite_rounding() -> None:
+    s = InfoBatchSampler(100, 10, num_epochs=100, delta=0.55, seed=0)  # 0.55 · 100 = 55.0…01
+    for epoch, pruned in ((54, True), (55, False)):
+        s.set_epoch(epoch)
+        s.report_losses(range(100), losses_of(0, 100))
+        assert (len(s) < 10) == pruned
 
 
 def test_losses_all_equal_prune_nothing() -> None:
@@ -244,8 +272,13 @@ def test_replicas_share_each_epoch_in_full_batches() -> None:
         padded = (order * 2)[: len(interleaved)]  # the last batches wrap around
         assert interleaved == padded
         assert all(len(b) == m for r in per_rank for b, _ in r)
-        for s in (*ranks, single):  # every rank sees every rank's losses (all-gathered)
-            s.report_losses(range(n), table)
+        with (
+            pytest.warns(UserWarning, match="without a process group")
+            if epoch == 0
+            else (contextlib.nullcontext())
+        ):
+            for s in (*ranks, single):  # as if every rank saw every rank's losses
+                s.report_losses(range(n), table)
 
 
 def test_arguments_losses_and_states_are_checked() -> None:
@@ -273,12 +306,18 @@ def test_arguments_losses_and_states_are_checked() -> None:
         ("scaled", [100], r"indices|\[0, 100\)"),
         ("rescale", 0.5, "rescale"),
         ("order", [1, 1], "empty or repeated"),
+        ("rescale", 1e6, "does not add up"),
     ]:
         bad = {**state, "pruning": {**state["pruning"], field: value}}
         with pytest.raises(ValueError, match=message):
             InfoBatchSampler(100, 10, num_epochs=3, seed=0).load_state_dict(bad)
     with pytest.raises(ValueError, match="prune_ratio"):
         InfoBatchSampler(100, 10, num_epochs=3, prune_ratio=0.2).load_state_dict(state)
+    planless = {**state, "stream": {**state["stream"], "step_in_epoch": 3}}
+    planless["pruning"] = {**state["pruning"], "plan_epoch": -1, "order": [], "scaled": []}
+    planless["pruning"].update(rescale=1.0, num_low=0)
+    with pytest.raises(ValueError, match="no plan of that epoch"):
+        InfoBatchSampler(100, 10, num_epochs=3, seed=0).load_state_dict(planless)
 
 
 def _gloo_worker(rank: int, port: int, out: str) -> None:

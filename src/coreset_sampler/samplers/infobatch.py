@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from typing import Any
 
@@ -69,8 +70,12 @@ class LossPruning(Stateful):
         return self.num_samples - len(self.order) if self.plan_epoch >= 0 else 0
 
     def prunes(self, epoch: int) -> bool:
-        """Whether ``epoch`` is pruned: before ``delta · num_epochs`` (the annealing)."""
-        return epoch < self.delta * self.num_epochs
+        """Whether ``epoch`` is pruned: before ``delta · num_epochs`` (the annealing; a product
+        within rounding of an integer is that integer: 0.55 · 100 is 55)."""
+        cut = self.delta * self.num_epochs
+        if abs(cut - round(cut)) <= 1e-9 * max(1.0, cut):
+            cut = round(cut)
+        return epoch < cut
 
     def observe(self, indices: IntArray, losses: FloatArray) -> None:
         """The latest losses of ``indices`` (an index given twice: its last loss); a
@@ -81,11 +86,12 @@ class LossPruning(Stateful):
         self.scores[uniq] = np.where(np.isfinite(values), values, np.nan)
         self.version += 1
 
-    def plan(self, epoch: int, rng: np.random.Generator) -> None:
+    def plan(self, epoch: int, rng: np.random.Generator, min_kept: int) -> None:
         """Draw ``epoch``'s kept set from the loss table: of the examples whose loss is below
-        the mean of the reported losses, ``round(prune_ratio · n_low)`` chosen uniformly at
-        random are left out and the others weigh ``n_low / n_kept``, so that the expected
-        weighted sum of any per-example quantity over the epoch is the full data's."""
+        the mean of the reported losses, ``prune_ratio · n_low`` (rounded half up; at most
+        ``n_low − 1``, and so that ``min_kept`` examples stay) chosen uniformly at random are
+        left out and the others weigh ``n_low / n_kept``, so that the expected weighted sum of
+        any per-example quantity over the epoch is the full data's."""
         scores = self.scores
         seen = np.isfinite(scores)
         low = np.empty(0, dtype=np.int64)
@@ -94,7 +100,11 @@ class LossPruning(Stateful):
             # below the mean beyond its rounding (equal losses: none is below)
             low = np.flatnonzero(seen & (scores < mean - 1e-12 * abs(mean)))
         n_low = int(low.shape[0])
-        num_pruned = min(math.floor(self.prune_ratio * n_low + 0.5), max(n_low - 1, 0))
+        num_pruned = min(
+            math.floor(self.prune_ratio * n_low + 0.5),
+            max(n_low - 1, 0),
+            max(self.num_samples - min_kept, 0),
+        )
         keep = np.ones(self.num_samples, dtype=bool)
         pruned = rng.choice(low, num_pruned, replace=False) if num_pruned else low[:0]
         keep[pruned] = False
@@ -142,16 +152,26 @@ class LossPruning(Stateful):
             return "holds a plan whose kept examples are empty or repeated"
         if not set(scaled) <= set(order):
             return "holds rescaled examples that are not among the kept ones"
-        rescale = values["rescale"]
-        if not (math.isfinite(rescale) and rescale >= 1.0):
-            return f"holds rescale={rescale!r}; it should be a finite number >= 1"
-        if not 0 <= values["num_low"] <= self.num_samples:
-            return f"holds num_low={values['num_low']} outside [0, {self.num_samples}]"
+        rescale, num_low = values["rescale"], values["num_low"]
+        if not 0 <= num_low <= self.num_samples:
+            return f"holds num_low={num_low} outside [0, {self.num_samples}]"
+        num_pruned = self.num_samples - len(order) if values["plan_epoch"] >= 0 else 0
+        expected = num_low / len(scaled) if scaled else 1.0
+        if len(scaled) != (num_low - num_pruned if num_pruned else 0) or not math.isclose(
+            rescale, expected, rel_tol=1e-12
+        ):
+            return (
+                f"holds a plan that does not add up: {num_pruned} pruned of num_low={num_low}, "
+                f"{len(scaled)} rescaled by rescale={rescale!r} (expected {expected!r})"
+            )
         return None
 
     def _after_load(self) -> None:
         self._set_weights()
-        self.planned_version = self.version
+        # a loaded plan counts as drawn before the latest report: one not yet begun is drawn
+        # again from the loaded losses (the same plan if it was up to date, the right one if
+        # ``len()`` drew it before the losses of the batches in flight came)
+        self.planned_version = self.version - 1
 
 
 def _sparse_scores(scores: FloatArray) -> list[list[Any]]:
@@ -167,14 +187,18 @@ class InfoBatchSampler(BudgetedSampler):
     come from ``WithWeights(ds, return_index=True)``); no extra forward pass is made. Each
     epoch is planned when its first batch is drawn (``len()`` before that plans it
     provisionally) from the latest losses: of the ``n_low`` examples whose loss is below the
-    mean of the reported losses, ``round(prune_ratio · n_low)`` drawn uniformly at random are
+    mean of the reported losses, ``prune_ratio · n_low`` (rounded half up; see
+    :meth:`LossPruning.plan` for the bounds) drawn uniformly at random are
     left out, and the kept ones weigh ``n_low / n_kept`` (:math:`1/(1-r)` up to rounding),
     which keeps the epoch's expected weighted gradient equal to the full data's. Examples
     without a reported loss are never pruned. Epochs from ``delta · num_epochs`` on (the
     annealing) are not pruned, and all weights are 1. The kept examples are shuffled and cut
     into batches of ``batch_size``.
 
-    ``len(sampler)`` follows the planned epoch, so it changes from epoch to epoch: a scheduler
+    ``len(sampler)`` follows the planned epoch, so it changes from epoch to epoch (after a pass
+    left early it is still that epoch's until the next pass begins or ``set_epoch`` is called,
+    as the epoch itself is; with ``num_replicas > 1`` a pruned epoch keeps at least one batch
+    per rank): a scheduler
     that needs the total number of steps in advance should be driven by the fraction of the
     epoch instead (``docs/samplers.md`` shows how). With ``budget < 1`` an epoch stops after
     ``ceil(budget · N / batch_size)`` batches at most. With ``num_replicas > 1`` the ranks share
@@ -236,6 +260,7 @@ class InfoBatchSampler(BudgetedSampler):
         )  # fmt: skip
         self._pruning = LossPruning(stream.num_samples, num_epochs, prune_ratio, delta)
         self._group = agreement_group(stream.num_replicas)
+        self._warned_alone = False
         self._telemetry = Telemetry(1, logger, "InfoBatch ", selects=False)
         self._compose(stream, {"pruning": self._pruning})
 
@@ -269,7 +294,10 @@ class InfoBatchSampler(BudgetedSampler):
             stream.step_in_epoch > 0 or pruning.planned_version == pruning.version
         ):
             return
-        pruning.plan(stream.epoch, stream.rng(stream.epoch, 0))
+        # (an epoch keeps at least one batch per rank: never a batch of repeated examples)
+        pruning.plan(
+            stream.epoch, stream.rng(stream.epoch, 0), stream.batch_size * stream.num_replicas
+        )
         stream.num_steps = self._steps(len(pruning.order))
         if pruning.num_pruned:
             logger.info(
@@ -305,6 +333,11 @@ class InfoBatchSampler(BudgetedSampler):
         values = self._state.read(state)
         pruning, stream = values["pruning"], values["stream"]
         steps = self._stream.max_steps
+        if stream["step_in_epoch"] > 0 and pruning["plan_epoch"] != stream["epoch"]:
+            raise ValueError(
+                f"state['stream'] holds step_in_epoch={stream['step_in_epoch']} of epoch "
+                f"{stream['epoch']}, but state['pruning'] holds no plan of that epoch"
+            )
         if pruning["plan_epoch"] == stream["epoch"]:
             steps = self._steps(len(pruning["order"]))
             if stream["step_in_epoch"] > steps:
@@ -329,12 +362,34 @@ class InfoBatchSampler(BudgetedSampler):
             ValueError: on lengths that differ or indices outside ``[0, num_samples)``.
         """
         idx, values = loss_arrays(indices, losses, self.num_samples, "report_losses")
+        if self._group is None and self.num_replicas > 1:
+            self._check_alone()
         if self._group is not None:
             gathered: list[Any] = [None] * self.num_replicas
             dist.all_gather_object(gathered, (idx, values), group=self._group)
             idx = np.concatenate([g[0] for g in gathered])
             values = np.concatenate([g[1] for g in gathered])
         self._pruning.observe(idx, values)
+
+    def _check_alone(self) -> None:
+        """``num_replicas > 1`` without the sampler's group: refuse when a process group has
+        come since (the losses would not be shared), else warn once."""
+        if dist.is_available() and dist.is_initialized():
+            raise RuntimeError(
+                f"InfoBatchSampler(num_replicas={self.num_replicas}) was built before the "
+                "process group was initialised, so report_losses cannot share the ranks' "
+                "losses and their plans would differ; build the sampler after "
+                "torch.distributed.init_process_group"
+            )
+        if not self._warned_alone:
+            self._warned_alone = True
+            warnings.warn(
+                f"InfoBatchSampler(num_replicas={self.num_replicas}) without a process group: "
+                "report_losses keeps this rank's losses only, so every rank must report the "
+                "same losses for their plans to agree",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def weights_for(self, indices: Sequence[int] | Tensor) -> Tensor:
         """The float32 weights of examples in the planned epoch (1, or ``n_low / n_kept`` for
