@@ -102,6 +102,13 @@ def main(out: Path) -> None:
     rest = run(out / "checkpoint", resume=True)
     result = {"full": full, "first": first, "rest": rest, "stop_at": stop_at}
     (out / f"rank{full['rank']}.json").write_text(json.dumps(result))
+    # every group (the samplers' own gloo groups too) torn down before the interpreter exits:
+    # left to exit, their threads were sometimes destroyed while running ("terminate called
+    # without an active exception", rank 1 aborted after its work was done)
+    PartialState().wait_for_everyone()
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
