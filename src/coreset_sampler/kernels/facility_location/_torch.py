@@ -184,8 +184,6 @@ def pairwise(a: Tensor, b: Tensor, kind: str) -> Tensor:
     if kind == "exp":
         return distances(a, b).div_(-float(a.shape[-1])).exp_()
     # "cosine" features are already normalised
-    if a.shape[-1] <= _DIFF_MAX_DIM:
-        return dot_products(a, b)
     return a @ b.transpose(-1, -2)
 
 
@@ -193,9 +191,10 @@ def dot_products(a: Tensor, b: Tensor) -> Tensor:
     """Dot products ``[..., p, q]`` of the rows of ``a`` and ``b`` in float64, rounded once to
     ``a``'s dtype, each pair summed in the same order wherever it sits in the output (as the
     compiled kernel sums them: two features at a time). A matrix product rounds a pair
-    differently by its place in the output on some CPUs, so that two identical points were
-    not equally similar to a third, and ties between them were broken differently by the
-    exact methods."""
+    differently by its place in the output on some CPUs, so that two identical picks were
+    not equally similar to a point, and the exact methods assigned the points tied between
+    them differently; :func:`cluster_sizes` uses this (the greedy's gains, compared with a
+    tolerance, keep the fast product: this costs 5 to 20 times as much)."""
     a64, b64 = a.double().unsqueeze(-2), b.double().unsqueeze(-3)  # [..., p, 1, d], [..., 1, q, d]
     d = a.shape[-1]
     out: Tensor | None = None
@@ -375,14 +374,25 @@ def cluster_sizes(p: TorchProblem, indices: Tensor, *, share: bool = False) -> T
     assign = torch.empty(batch, p.n, dtype=torch.long, device=p.device)
     shared = torch.zeros(batch, kmax, dtype=torch.float64, device=p.device)
     rows = max(1, CHUNK_ELEMENTS // max(1, batch * kmax))
+    # ties are decided exactly here: dot products in one order per pair (dot_products)
+    exact_dot = (
+        p.features is not None
+        and p.kind in ("dot", "cosine")
+        and p.features.shape[-1] <= _DIFF_MAX_DIM
+    )
     for start in range(0, p.n, rows):
         stop = min(p.n, start + rows)
-        if p.dense is not None:
+        if p.dense is not None and not exact_dot:
             s = p.dense[:, start:stop].gather(2, safe[:, None, :].expand(-1, stop - start, -1))
         else:
             assert p.features is not None
             chosen = p.features[arange[:, None], safe]  # [B, kmax, d]
-            s = pairwise(p.features[:, start:stop], chosen, p.kind)
+            rows_feats = p.features[:, start:stop]
+            s = (
+                dot_products(rows_feats, chosen)
+                if exact_dot
+                else pairwise(rows_feats, chosen, p.kind)
+            )
         if not all_picked:
             s = s.masked_fill(~sorted_ok[:, None, :], -math.inf)
         if share:
