@@ -37,7 +37,10 @@ from coreset_sampler._state import (
     indices_below,
 )
 
-__all__ = ["BudgetedStream", "CoresetCycle", "agree", "agreement_group", "steps_per_epoch"]
+__all__ = [
+    "BudgetedStream", "CoresetCycle", "agree", "agreement_group", "snap_to_integer",
+    "steps_per_epoch",
+]  # fmt: skip
 
 
 def steps_per_epoch(
@@ -48,11 +51,15 @@ def steps_per_epoch(
     A product within 1e-9 (relative) of an integer is that integer, so that float rounding of
     ``budget·N`` (0.07·100 = 7.000000000000001) does not add a step.
     """
-    exact = budget * num_samples / (batch_size * num_replicas)
-    nearest = round(exact)
-    if abs(exact - nearest) <= 1e-9 * max(1.0, exact):
-        return int(nearest)
+    exact = snap_to_integer(budget * num_samples / (batch_size * num_replicas))
     return math.floor(exact) if drop_last else math.ceil(exact)
+
+
+def snap_to_integer(x: float) -> float:
+    """``x``, or the integer within 1e-9 (relative) of it: float rounding of a product
+    (0.07·100 = 7.000000000000001) does not move it past the integer."""
+    nearest = round(x)
+    return float(nearest) if abs(x - nearest) <= 1e-9 * max(1.0, abs(x)) else x
 
 
 class BudgetedStream(Stateful):

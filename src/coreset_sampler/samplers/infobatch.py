@@ -21,7 +21,7 @@ from coreset_sampler._state import FLOAT, INT, INTS, Codec, Stateful, indices_be
 from coreset_sampler.weights import WeightedIndex
 
 from ._base import BudgetedSampler
-from ._stream import BudgetedStream, agreement_group
+from ._stream import BudgetedStream, agreement_group, snap_to_integer
 from ._telemetry import SamplerTelemetry, Telemetry
 
 __all__ = ["InfoBatchSampler"]
@@ -72,10 +72,7 @@ class LossPruning(Stateful):
     def prunes(self, epoch: int) -> bool:
         """Whether ``epoch`` is pruned: before ``delta · num_epochs`` (the annealing; a product
         within rounding of an integer is that integer: 0.55 · 100 is 55)."""
-        cut = self.delta * self.num_epochs
-        if abs(cut - round(cut)) <= 1e-9 * max(1.0, cut):
-            cut = round(cut)
-        return epoch < cut
+        return epoch < snap_to_integer(self.delta * self.num_epochs)
 
     def observe(self, indices: IntArray, losses: FloatArray) -> None:
         """The latest losses of ``indices`` (an index given twice: its last loss); a
