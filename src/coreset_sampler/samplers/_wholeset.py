@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -203,13 +203,20 @@ class WholeSetSampler(BudgetedSampler):
         if self._selection.due(epoch):
             self._select(epoch)
         coreset, weights = self._selection.coreset, self._selection.weights
+        batches = self._batch_positions(epoch)
+        for k in range(skip, stream.num_steps):
+            stream.advance()
+            yield [WeightedIndex(coreset[p], weights[p]) for p in batches[k]]
+        self._end_pass()
+
+    def _batch_positions(self, epoch: int) -> Sequence[Sequence[int]]:
+        """Each step's positions in the subset: consecutive slices of random permutations of it
+        (:func:`batch_positions`)."""
+        stream = self._stream
         batches = batch_positions(
             stream.rng(epoch, SHUFFLE), self._selection.size, stream.batch_size, stream.num_steps
         )
-        for k in range(skip, stream.num_steps):
-            stream.advance()
-            yield [WeightedIndex(coreset[p], weights[p]) for p in batches[k].tolist()]
-        self._end_pass()
+        return [b.tolist() for b in batches]
 
     def _select(self, epoch: int) -> None:
         start = time.perf_counter()

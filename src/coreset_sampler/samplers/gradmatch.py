@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,6 @@ from torch import Tensor
 from coreset_sampler._checks import check_bool, check_in_interval
 from coreset_sampler.kernels import nonnegative_omp
 from coreset_sampler.proxies import ProxyCallback
-from coreset_sampler.weights import WeightedIndex
 
 from ._selection import mean_one
 from ._stream import BudgetedStream
@@ -157,23 +156,13 @@ class GradMatchBatchSampler(WholeSetSampler):
         telemetry = Telemetry(telemetry_size, logger, "GradMatch ", record_coresets=record_coresets)
         self._build(stream, selection, telemetry)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _batch_positions(self, epoch: int) -> Sequence[Sequence[int]]:
+        """GradMatch-PB: the chosen mini-batches whole, in a fresh random order each epoch."""
         if not self._omp.per_batch:
-            yield from super().__iter__()
-            return
-        stream = self._stream
-        skip = stream.step_in_epoch if stream.begin_pass() else 0
-        epoch = stream.epoch
-        if self._selection.due(epoch):
-            self._select(epoch)
-        coreset, weights = self._selection.coreset, self._selection.weights
-        size = stream.batch_size
+            return super()._batch_positions(epoch)
+        stream, size = self._stream, self._stream.batch_size
         order = stream.rng(epoch, SHUFFLE).permutation(stream.num_steps).tolist()
-        for k in range(skip, stream.num_steps):
-            stream.advance()
-            at = order[k] * size
-            yield [WeightedIndex(coreset[p], weights[p]) for p in range(at, at + size)]
-        self._end_pass()
+        return [range(at * size, at * size + size) for at in order]
 
     @property
     def per_batch(self) -> bool:
