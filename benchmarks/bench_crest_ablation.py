@@ -89,9 +89,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe, len(loader)))
     train_s = 0.0
+    uniform = cfg.get("weights") == "uniform"  # (diagnosis: train on the coresets unweighted)
     for _ in range(recipe.epochs):
         t0 = time.perf_counter()
         for x, y, w in loader:
+            if uniform:
+                w = torch.ones_like(w)
             loss = (w * F.cross_entropy(model(x), y, reduction="none")).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -99,7 +102,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
         train_s += time.perf_counter() - t0
     acc = evaluate(model, test_set, torch.device("cpu"))
-    return {"cfg": cfg, "test_acc": acc, "train_s": train_s, **overheads(sampler)}
+    pools = [r.num_pools for r in sampler.telemetry.selections] if cfg["method"] != "random" else []
+    return {"cfg": cfg, "test_acc": acc, "train_s": train_s, **overheads(sampler),
+            "pools": sum(pools), "pools_per_selection": pools}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

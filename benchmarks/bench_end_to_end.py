@@ -12,8 +12,8 @@ breakdown from the sampler's telemetry.
 Methods:
 
 * ``full``: every example every epoch;
-* ``random``, ``random-0.2``, ``random-0.3``: uniform random batches, ``budget`` (or 20%, 30%)
-  of the steps: random batches given about the time CREST takes;
+* ``random``, ``random-0.15``, ``random-0.2``, ``random-0.3``: uniform random batches,
+  ``budget`` (or 15%, 20%, 30%) of the steps: random batches given about the time CREST takes;
 * ``craig``: CRAIG, one weighted per-class coreset of ``budget · N`` examples per epoch;
 * ``gradmatch``: GradMatch, per-class OMP subsets of ``budget · N`` examples, every epoch;
 * ``adacore``: AdaCore, CRAIG on Hessian-preconditioned proxies; ``crest-adacore``: CREST
@@ -26,7 +26,8 @@ Methods:
   (CREST's number of steps);
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
-  P = 5·T1, a check sample of r = 600, Hutchinson's diagonal over the whole network).
+  P = 5·T1, pools and a check sample of r = 600 (1% of N), coresets used as long as the
+  checks hold, Hutchinson's diagonal over the whole network).
 
 Configurations (``--arch``): ``cnn``, the SmallCNN of ``examples/fashion_mnist.py`` with its
 recipe (SGD, warm-up, ×0.1 at 60% and 85%); ``mlp``, a 784-256-128-10 MLP (no BatchNorm) with a
@@ -60,6 +61,8 @@ PAPER: dict[str, Any] = {
     "curvature": "hutchinson",
     "pool_multiplier": 5,
     "check_size": 600,
+    "pool_size": 600,  # 1% of N
+    "max_uses": 0,  # no cap: the coresets serve as long as the checks hold
     "threshold": 0.05,
     "interval_multiplier": 1.0,
 }
@@ -67,6 +70,7 @@ PAPER: dict[str, Any] = {
 VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "full": ("full", None, {}),
     "random": ("random", None, {}),
+    "random-0.15": ("random", 0.15, {}),
     "random-0.2": ("random", 0.2, {}),
     "random-0.3": ("random", 0.3, {}),
     "craig": ("craig", None, {}),

@@ -67,8 +67,9 @@ class CrestConfig:
     curvature: str | None = None  # "auto" (the head's closed form) or "hutchinson"
     warmup_epochs: float = 0.0  # uniform random batches first, in sampler epochs
     pool_multiplier: int | None = None  # b in P = min(b·T1, steps per epoch)
-    pool_size: int | None = None  # r (default max(ceil(0.01·N), batch size))
+    pool_size: int | None = None  # r (default 3 · the batch size)
     check_size: int | None = None  # |V_r| (default the batch size)
+    max_uses: int | None = None  # times a coreset is trained on, at most (0: no cap)
     precondition: str = "none"  # "hessian": AdaCore's preconditioned proxies
 
     def monitor_options(self) -> dict[str, Any]:
@@ -77,7 +78,10 @@ class CrestConfig:
 
     def sampler_options(self) -> dict[str, Any]:
         names = ("pool_multiplier", "pool_size", "check_size")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        options = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        if self.max_uses is not None:
+            options["max_uses"] = self.max_uses or None
+        return options
 
 
 def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
@@ -469,8 +473,13 @@ def add_common_args(
         "library's)",
     )  # fmt: skip
     parser.add_argument(
-        "--pool-size", type=int, default=None, help="CREST: examples per pool (default 1%% of N)"
-    )
+        "--pool-size", type=int, default=None,
+        help="CREST: examples per pool (default: 3 times the batch size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-uses", type=int, default=None,
+        help="CREST: times a coreset is trained on, at most (0: no cap; default: the library's)",
+    )  # fmt: skip
     parser.add_argument(
         "--check-size", type=int, default=None,
         help="CREST: examples in the monitor's check sample (default: the batch size)",
@@ -492,6 +501,7 @@ def crest_config(args: argparse.Namespace, **overrides: Any) -> CrestConfig:
         "pool_multiplier": args.pool_multiplier,
         "pool_size": args.pool_size,
         "check_size": args.check_size,
+        "max_uses": args.max_uses,
     }
     values.update(overrides)
     return CrestConfig(**values)

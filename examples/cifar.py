@@ -51,12 +51,14 @@ SETUPS: dict[str, dict[str, Any]] = {
 def _paper_rule(args: argparse.Namespace, n: int) -> dict[str, Any]:
     """The paper's rule, pools and check sample (``--pool-multiplier``, ``--pool-size``,
     ``--check-size`` override them): the check sample is the pool, so both are set here (the
-    library's default pool, 1% of N but at least two batches)."""
+    paper's pool, 1% of N but at least two batches), and the coresets serve as long as the
+    checks hold (no cap on their uses)."""
     pool_size = args.pool_size or max(math.ceil(0.01 * n), 2 * args.batch_size)
     return {
         "interval_rule": "paper", "curvature": "hutchinson",
         "pool_multiplier": args.pool_multiplier or 5, "pool_size": pool_size,
         "check_size": args.check_size or pool_size,
+        "max_uses": 0 if args.max_uses is None else args.max_uses,
     }  # fmt: skip
 
 

@@ -329,8 +329,9 @@ def test_paper_interval_follows_hessian_norm_ratio() -> None:
 
 def test_adaptive_interval_doubles_while_checks_hold_and_halves_after_one_fails() -> None:
     """A scripted run: ρ = 0 while the quadratic model is exact (a diagonal quadratic), ρ > 0
-    once it is not; T1 doubles at every check that holds (up to max_interval) and halves at the
-    anchor that follows a check that failed, whatever the curvature does."""
+    once it is not; T1 doubles at every check that holds (up to max_interval) and halves at a
+    check that fails (known before the anchor that follows, which keeps it), whatever the
+    curvature does."""
     model = _quadratic(3, diagonal=True)
     monitor = _exact_monitor(model, max_interval=16)
     assert monitor.interval_rule == "adaptive"
@@ -343,9 +344,11 @@ def test_adaptive_interval_doubles_while_checks_hold_and_halves_after_one_fails(
         seen.append((report.interval, report.reselect))
     assert seen == [(1, False), (2, False), (4, False), (8, False), (16, False), (16, False)]
     model.scale = 10.0  # the curvature grows tenfold: the old model fails
-    assert monitor.check().reselect and monitor.interval == 16
+    failed = monitor.check()
+    assert failed.reselect and failed.interval == 16  # (the interval it was checked at)
+    assert monitor.interval == 8  # halved: the sampler draws the next pools for it
     state = monitor.state_dict()
-    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # halved
+    assert monitor.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # and the anchor keeps it
     again = _exact_monitor(model, max_interval=16)
     again.load_state_dict(state)
     assert again.anchor(CORESETS, WEIGHTS, CHECK).interval == 8  # the failed check was saved

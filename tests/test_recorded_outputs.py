@@ -189,6 +189,7 @@ def _crest(**kw: Any) -> Callable[[], CrestBatchSampler]:
         if args.pop("labels", False):
             args["labels"] = LABELS[:n]
         args.setdefault("pool_size", args["batch_size"])  # (the default of 0.2.0.dev0 here)
+        args.setdefault("max_uses", None)  # (recorded before the cap on a coreset's uses)
         return CrestBatchSampler(n, callback=Callback(n, d, losses=losses), **args)
 
     return build

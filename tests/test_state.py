@@ -152,9 +152,9 @@ def test_crest_refuses_other_labels_pools_dropping_and_bad_values() -> None:
     with pytest.raises(ValueError, match=r"saved with labels='300 labels, 3 classes, crc32"):
         crest(labels=np.arange(n) % 4).load_state_dict(state)
     with pytest.raises(
-        ValueError, match=r"saved with pool_size=20 but this sampler has pool_size=30"
+        ValueError, match=r"saved with pool_size=30 but this sampler has pool_size=25"
     ):
-        crest(pool_size=30).load_state_dict(state)
+        crest(pool_size=25).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with drop_learned='DropLearned\(threshold=0.1"):
         crest(drop_learned=DropLearned(window=5)).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with monitor=False but this sampler has"):
@@ -218,11 +218,11 @@ def test_the_state_format_of_each_sampler() -> None:
     expected = {
         crest: (top | {"policy", "cycle", "dropper", "telemetry"},
                 base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
-                                       "reselect_every", "num_pools"},
+                                       "reselect_every", "num_pools", "max_uses"},
                 {"steps_since_selection"}),
         mon: (top | {"policy", "cycle", "dropper", "telemetry"},
               base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
-                                     "num_pools", "pool_multiplier", "check_size"},
+                                     "num_pools", "pool_multiplier", "check_size", "max_uses"},
               {"num_pools", "interval", "steps_since_check", "monitor_state"}),
         craig: (top | {"coreset", "telemetry"},
                 base_config | {"coreset_size", "reselect_every", "similarity", "method",
@@ -239,7 +239,9 @@ def test_the_state_format_of_each_sampler() -> None:
         assert set(state["stream"]) - {"rngs"} == stream_fields
         if policy is not None:
             assert set(state["policy"]) == policy
-    assert set(crest.state_dict()["cycle"]) == {"coresets", "weights", "order", "position"}
+    assert set(crest.state_dict()["cycle"]) == {
+        "coresets", "weights", "order", "position", "passes"
+    }  # fmt: skip
     assert set(crest.state_dict()["dropper"]) == {"dropped", "low_since"}
     assert set(craig.state_dict()["coreset"]) == {"coreset", "weights", "selected_epoch"}
     assert set(crest.state_dict()["stream"]["rngs"]) == {"pools", "checks", "shuffle", "warmup"}
@@ -386,6 +388,7 @@ def test_craig_state_values_are_checked() -> None:
     [
         ("crest", "cycle", {"order": [7, 9]}, r"\['cycle'\] holds an order \[7, 9\] that is not"),
         ("crest", "cycle", {"position": 9}, r"\['cycle'\] holds position=9 outside \[0, "),
+        ("crest", "cycle", {"passes": 0}, r"\['cycle'\] holds passes=0 over \d+ coresets"),
         ("k-center", "cycle", "short weights", r"weights that do not match its coresets"),
         ("crest", "stream", {"step_in_epoch": 999}, r"holds step_in_epoch=999, outside the"),
         ("random", "stream", {"step_in_epoch": -1}, r"step_in_epoch"),

@@ -149,8 +149,9 @@ class QuadraticLossMonitor(Stateful):
     **check** reads the parameters w_t (any optimizer is accounted for) and returns
     ρ = |L_r(w_t) − F(δ)| / L_r(w_t), F(δ) = L_0 + gᵀδ + ½ δᵀ diag(H) δ, evaluating exactly
     |V_r| examples. The check interval T1 (``interval_rule``): ``"adaptive"`` (default) doubles
-    T1 after every check that holds (ρ ≤ τ) and halves it at the anchor that follows a check
-    that did not, starting at ⌈h⌉; ``"paper"`` sets T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) at each
+    T1 after every check that holds (ρ ≤ τ) and halves it at a check that does not (so that
+    :attr:`interval` tells the sampler, before it reselects, the interval its new coresets
+    will serve), starting at ⌈h⌉; ``"paper"`` sets T1 = max(1, ⌈h·‖H_0‖/‖H_ℓ‖⌉) at each
     anchor (CREST, Yang, Kang, Mirzasoleiman, ICML 2023, §4.2; the paper's τ = 0.05, h = 1),
     which stays at 1 once the curvature has grown past its first value. Every evaluation runs in
     eval mode (the model is switched and every submodule's flag restored after), so ρ = 0 at
@@ -403,8 +404,12 @@ class QuadraticLossMonitor(Stateful):
         self.check_seconds += seconds
         interval = self._interval
         self._reselected = rho > self.threshold
-        if self.interval_rule == "adaptive" and not self._reselected:
-            self._interval = self._capped(2 * interval)  # the model held: check half as often
+        if self.interval_rule == "adaptive":
+            # the model held: check half as often; it failed: the next anchor's interval is
+            # half this one, known now, so that the sampler draws pools for it
+            self._interval = self._capped(
+                max(1, interval // 2) if self._reselected else 2 * interval
+            )
         report = CheckReport(
             rho=rho,
             reselect=self._reselected,
@@ -461,7 +466,7 @@ class QuadraticLossMonitor(Stateful):
         elif self._num_anchors == 1:
             interval = max(1, math.ceil(self.interval_multiplier - 1e-9))
         else:
-            interval = max(1, self._interval // 2) if self._reselected else self._interval
+            interval = self._interval  # (halved by the check that asked for this anchor)
         self._reselected = False
         return self._capped(interval)
 

@@ -140,7 +140,7 @@ def test_callback_is_called_once_per_selection_on_deduplicated_indices() -> None
 
 
 def test_cycling_fresh_random_order_each_pass() -> None:
-    s = make(400, 8, num_pools=4, reselect_every=100, budget=1.0)
+    s = make(400, 8, num_pools=4, reselect_every=100, budget=1.0, max_uses=None)
     batches = [tuple(b) for b, _ in stream(s, 24)]
     coresets = {tuple(c) for c in s.coresets}
     orders = []
@@ -188,7 +188,7 @@ def test_check_size_sets_the_check_sample() -> None:
     mon = FakeMonitor(rhos=[1.0], intervals=[1])
     s = make(400, 8, monitor=mon, budget=0.3, check_size=37)
     stream(s, 3)
-    assert s.check_size == 37 and s.pool_size == 16  # max(ceil(0.01·400), 2·8)
+    assert s.check_size == 37 and s.pool_size == 24  # 3·8
     assert [len(set(check)) for _, _, check in mon.anchors] == [37, 37, 37]
     with pytest.raises(ValueError, match="check_size should be a positive integer"):
         make(400, 8, monitor=mon, check_size=0)
@@ -207,6 +207,60 @@ def test_interval_and_num_pools_adapt() -> None:
     assert [r.num_pools for r in sel] == [5, 5, 10, 10, 10]
     assert [r.interval for r in sel] == [1, 3, 2, 2, 2]
     assert len(s.coresets) == 10
+
+
+def test_num_pools_follow_the_interval_the_monitor_will_use() -> None:
+    # a monitor that halves T1 at a failing check (as the adaptive rule does): the pools of
+    # the reselection are drawn for the halved interval, not for the one that failed
+    class Halving(FakeMonitor):
+        def anchor(self, *args: Any) -> None:
+            self.anchors.append(([], [], []))
+
+        def check(self) -> Any:
+            report = super().check()
+            self.interval = max(1, self.interval // 2) if report.reselect else 2 * self.interval
+            return report
+
+    mon = Halving(rhos=[0.0, 0.0, 0.0, 1.0])  # T1: 1, 2, 4, 8 held; the check at 8 fails
+    s = make(4000, 8, monitor=mon, budget=0.05, num_pools=20)  # 25 steps per epoch
+    stream(s, 25)
+    sel = s.telemetry.selections
+    assert [(r.step, r.reason, r.num_pools) for r in sel[:2]] == [
+        (0, "initial", 20), (15, "check", 4)
+    ]  # fmt: skip
+
+
+def test_max_uses_caps_how_often_a_coreset_is_trained_on() -> None:
+    n, m = 4000, 8
+    # checks always hold: without the cap the first 3 coresets would serve the whole epoch
+    mon = FakeMonitor(rhos=[0.0], intervals=[4])
+    s = make(n, m, monitor=mon, budget=0.1, num_pools=3, max_uses=2, record_coresets=True)
+    assert s.max_uses == 2
+    batches = stream(s, 50)  # 50 steps per epoch
+    sel = s.telemetry.selections
+    # 3 coresets used twice each, then P = min(b·T1, steps per epoch) = 4 for each refresh
+    assert [(r.step, r.reason, r.num_pools) for r in sel[:4]] == [
+        (0, "initial", 3), (6, "uses", 4), (14, "uses", 4), (22, "uses", 4),
+    ]  # fmt: skip
+    bounds = [r.step for r in sel] + [50]
+    for record, start, stop in zip(sel, bounds, bounds[1:], strict=False):
+        assert record.coresets is not None
+        used = [tuple(b) for b, _ in batches[start:stop]]
+        counts = {used.count(tuple(c)) for c in record.coresets}
+        assert counts == {2} if stop < 50 else max(counts) <= 2  # each twice (the last: ≤)
+    uncapped = make(n, m, monitor=FakeMonitor(rhos=[0.0], intervals=[4]), budget=0.1,
+                    num_pools=3, max_uses=None)  # fmt: skip
+    stream(uncapped, 50)
+    assert uncapped.telemetry.num_selections == 1
+    # without a monitor: every reselect_every steps, or sooner once the coresets are used up
+    fixed = make(n, m, reselect_every=20, num_pools=5, max_uses=2, budget=0.1)
+    stream(fixed, 50)
+    assert [(r.step, r.reason) for r in fixed.telemetry.selections] == [
+        (0, "initial"), (10, "uses"), (20, "uses"), (30, "uses"), (40, "uses")
+    ]  # fmt: skip
+    for bad, err in ((0, ValueError), (True, TypeError), (1.5, TypeError)):
+        with pytest.raises(err, match="max_uses"):
+            make(n, m, max_uses=bad)
 
 
 def test_monitor_and_reselect_every_are_exclusive() -> None:
@@ -708,9 +762,10 @@ def test_boundaries_are_accepted() -> None:
     ):
         CrestBatchSampler(n, 80, callback=Proxies(n), pool_size=80, budget=1.0,
                           monitor=FakeMonitor([0.0]), check_size=81)  # fmt: skip
-    # the default pool: 1% of N, at least two batches, at most the smallest active set
-    assert make(5000, 8).pool_size == 50 and make(400, 8).pool_size == 16
-    with pytest.warns(UserWarning, match="equals batch_size"):  # 2·80 > 80 active at least
+    # the default pool: three batches, at most the smallest active set
+    assert make(5000, 8).pool_size == 24 and make(400, 10).pool_size == 30
+    # (3·80 > 80 active at least)
+    with pytest.warns(UserWarning, match=r"equals batch_size.*default is 3·batch_size"):
         assert CrestBatchSampler(n, 80, callback=Proxies(n), budget=1.0).pool_size == 80
     assert len(CrestBatchSampler(12800, callback=Proxies(12800))) == 10  # batch_size 128
 

@@ -149,6 +149,7 @@ class PoolSampler(BudgetedSampler):
     _selection: PoolSelection
     _policy: EveryNSteps | MonitorChecks
     _cycle: CoresetCycle
+    _max_uses: int | None = None
 
     def __iter__(self) -> Iterator[list[int]]:
         stream = self._stream
@@ -160,6 +161,9 @@ class PoolSampler(BudgetedSampler):
     def _next_batch(self) -> list[int]:
         stream = self._stream
         reason = self._policy.due(bool(self._cycle.coresets), stream.step)
+        if reason is None and self._cycle.used_up(self._max_uses):
+            reason = "uses"
+            self._policy.refresh()
         if reason is not None:
             self._select(reason)
         indices, weights = self._cycle.next(stream.rngs["shuffle"])

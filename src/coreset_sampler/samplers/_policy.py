@@ -2,7 +2,8 @@
 
 A policy answers :meth:`due` before each batch (``"initial"``, ``"interval"``, ``"check"`` or
 ``None``), gives the number of pools of the next selection, is told of each selection
-(:meth:`selected`) and of each batch yielded (:meth:`stepped`).
+(:meth:`selected`), of each batch yielded (:meth:`stepped`) and of a selection the sampler
+makes because its coresets are used up (:meth:`refresh`, before it).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class EveryNSteps(Stateful):
             return "initial"
         return "interval" if self.steps_since_selection >= self.every else None
 
+    def refresh(self) -> None:
+        """The coresets are used up before the interval: the next selection's P stays."""
+
     def selected(self, coresets: Any, weights: Any, rngs: Any, active: Any) -> float:
         self.steps_since_selection = 0
         return 0.0
@@ -87,8 +91,11 @@ class MonitorChecks(Stateful):
     Right after each selection the monitor is anchored on the coresets, their weights and a
     fresh check sample of ``check_size`` active examples; T1 is then the smallest interval of
     any rank (``agree``), and a check that reselects on any rank reselects on all, with
-    P = min(``pool_multiplier`` · T1, steps per epoch) pools. The monitor's own state is
-    captured after each anchor and check, so saving the sampler's state stays cheap.
+    P = min(``pool_multiplier`` · T1, steps per epoch) pools, T1 the interval the monitor
+    reports after that check (the adaptive rule has halved it already: the pools are drawn
+    for the interval that follows, the paper's rule keeps the one that failed). The monitor's
+    own state is captured after each anchor and check, so saving the sampler's state stays
+    cheap.
     """
 
     num_pools: int
@@ -146,12 +153,18 @@ class MonitorChecks(Stateful):
         reselect = bool(self.agree(float(bool(report.reselect)), "max"))
         record = CheckRecord(step, seconds, float(report.rho), reselect, interval)
         self.telemetry.check(record)
+        # the monitor may lengthen the interval after a check that held, or tell the one it
+        # will use after the reselection
+        self.interval = int(self.agree(float(self.monitor.interval), "min"))
         if not reselect:
-            # the monitor may lengthen the interval after a check that held
-            self.interval = int(self.agree(float(self.monitor.interval), "min"))
             return None
-        self.num_pools = min(self.pool_multiplier * interval, self.steps_per_epoch)
+        self.num_pools = min(self.pool_multiplier * self.interval, self.steps_per_epoch)
         return "check"
+
+    def refresh(self) -> None:
+        """The coresets are used up before a check asked for new ones: P for the interval."""
+        interval = self.interval if self.interval is not None else int(self.monitor.interval)
+        self.num_pools = min(self.pool_multiplier * interval, self.steps_per_epoch)
 
     def selected(
         self,

@@ -65,11 +65,13 @@ class PoolSelection(Stateful):
         num_samples: N.
         batch_size: m, the coreset size (a pool must hold at least one).
         labels: optional class of every example: pools are stratified by class.
-        pool_size: r (default ``max(ceil(0.01·N), 2·m)``, at most ``limit``; equal to m, it
-            selects nothing: a warning says so).
+        pool_size: r (default ``default_pool``, at most ``limit``; equal to m, it selects
+            nothing: a warning says so).
         limit: the largest pool (the smallest active set), and ``over``, what the message
             for a larger one says.
         solve: turns the pools into coresets and weights.
+        default_pool: r when ``pool_size`` is ``None`` and how to say it (default
+            ``max(ceil(0.01·N), 2·m)``, 1% of N as in the paper).
     """
 
     def __init__(
@@ -83,11 +85,17 @@ class PoolSelection(Stateful):
         limit: int,
         over: str,
         solve: Solve,
+        default_pool: tuple[int, str] | None = None,
     ) -> None:
         super().__init__()
         self.callback = check_callable("callback", callback)
+        if default_pool is None:
+            default_pool = (
+                max(math.ceil(0.01 * num_samples), 2 * batch_size),
+                "max(ceil(0.01·N), 2·batch_size)",
+            )
         if pool_size is None:
-            pool_size = min(max(math.ceil(0.01 * num_samples), 2 * batch_size), limit)
+            pool_size = min(default_pool[0], limit)
         self.pool_size = check_positive_int("pool_size", pool_size)
         if batch_size > self.pool_size:
             raise ValueError(
@@ -100,8 +108,8 @@ class PoolSelection(Stateful):
             warnings.warn(
                 f"pool_size={self.pool_size} equals batch_size: every coreset is its whole pool, "
                 "with weights 1, so the batches are random batches; give a pool_size larger "
-                "than batch_size (the default is max(ceil(0.01·N), 2·batch_size), at most the "
-                "examples that can be active)",
+                f"than batch_size (the default is {default_pool[1]}, at most the examples "
+                "that can be active)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -212,6 +212,7 @@ class CoresetCycle(Stateful):
         self.add_state("weights", FLOAT_LISTS, [], check=finite_weights)
         self.add_state("order", INTS, [])
         self.add_state("position", INT, 0)
+        self.add_state("passes", INT, 0)  # passes over the current coresets begun (uses)
 
     def _check_together(self, values: Mapping[str, Any]) -> str | None:
         coresets, weights, order = values["coresets"], values["weights"], values["order"]
@@ -221,6 +222,8 @@ class CoresetCycle(Stateful):
             return f"holds an order {order[:10]} that is not a permutation of its coresets"
         if not 0 <= values["position"] <= len(order):
             return f"holds position={values['position']} outside [0, {len(order)}]"
+        if values["passes"] < (1 if coresets else 0):
+            return f"holds passes={values['passes']} over {len(coresets)} coresets"
         return None
 
     def replace(
@@ -230,12 +233,18 @@ class CoresetCycle(Stateful):
         self.coresets, self.weights = coresets, weights
         self.order = rng.permutation(len(coresets)).tolist()
         self.position = 0
+        self.passes = 1
+
+    def used_up(self, max_uses: int | None) -> bool:
+        """Whether the next batch would begin pass ``max_uses + 1`` over the coresets."""
+        return max_uses is not None and self.passes >= max_uses and self.position >= len(self.order)
 
     def next(self, rng: np.random.Generator) -> tuple[list[int], list[float]]:
         """The next coreset and its weights (a new random order after each pass)."""
         if self.position >= len(self.order):
             self.order = rng.permutation(len(self.coresets)).tolist()
             self.position = 0
+            self.passes += 1
         p = self.order[self.position]
         self.position += 1
         return self.coresets[p], self.weights[p]

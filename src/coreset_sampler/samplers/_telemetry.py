@@ -38,8 +38,9 @@ class SelectionRecord:
     Attributes:
         step: batches yielded before it (the index of the first batch it serves).
         epoch: sampler epoch.
-        reason: ``"initial"``, ``"check"`` (the monitor's ρ > τ) or ``"interval"`` (fixed
-            ``reselect_every`` without a monitor).
+        reason: ``"initial"``, ``"check"`` (the monitor's ρ > τ), ``"interval"`` (fixed
+            ``reselect_every`` without a monitor) or ``"uses"`` (every coreset was trained on
+            ``max_uses`` times).
         num_pools: P.
         pool_size: r.
         interval: T1 after the anchor (``None`` without a monitor).

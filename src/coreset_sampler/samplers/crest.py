@@ -32,6 +32,7 @@ from torch import Tensor
 from coreset_sampler._checks import (
     check_choice,
     check_nonnegative_int,
+    check_optional_positive_int,
     check_positive_int,
     loss_arrays,
 )
@@ -67,7 +68,8 @@ class CrestBatchSampler(PoolSampler):
     facility location (with labels, per class, the batch split by largest remainder), weighted
     by cluster sizes of mean 1; the P coresets are then cycled, each pass in a fresh order.
     **Reselection**: with a ``monitor``, when its check (every T1 steps) finds ρ > τ, with
-    P = min(``pool_multiplier`` · T1, steps per epoch); without, every ``reselect_every`` steps.
+    P = min(``pool_multiplier`` · T1, steps per epoch); without, every ``reselect_every`` steps;
+    and in both cases as soon as every coreset has been trained on ``max_uses`` times.
     **Dropping** (``drop_learned``): examples whose loss stayed below α for T2 steps are never
     drawn again. The first ``warmup_steps`` batches of the run are uniform random batches.
     **State**: :meth:`state_dict` / :meth:`load_state_dict` continue the stream exactly,
@@ -84,10 +86,14 @@ class CrestBatchSampler(PoolSampler):
         budget: fraction of a full-data epoch's batches to yield, in (0, 1].
         labels: optional class label of every example (length N) for stratified pools.
         monitor: optional :class:`SelectionMonitor` that decides when to reselect.
-        pool_size: r, examples per pool (default ``max(ceil(0.01·N), 2·batch_size)``).
+        pool_size: r, examples per pool (default ``3·batch_size``; the paper's is 1% of N,
+            see ``docs/algorithm.md``).
         num_pools: P of the first selection (and of every selection without a monitor).
         pool_multiplier: b in P = min(b·T1, steps per epoch) (default 1: the paper's 5 spends
             five pools' forward passes per coreset that is used; see ``docs/algorithm.md``).
+        max_uses: times each coreset is trained on before a fresh selection, at most
+            (``None``: as long as the checks hold, the paper's rule; cycling a few coresets
+            for long overfits them, see ``docs/algorithm.md``).
         check_size: examples in the monitor's check sample (default ``batch_size``; the
             paper's is ``pool_size``).
         reselect_every: steps between selections without a monitor (default 20).
@@ -143,6 +149,7 @@ class CrestBatchSampler(PoolSampler):
         pool_size: int | None = None,
         num_pools: int = 5,
         pool_multiplier: int = 1,
+        max_uses: int | None = 4,
         check_size: int | None = None,
         reselect_every: int | None = None,
         warmup_steps: int = 0,
@@ -186,7 +193,7 @@ class CrestBatchSampler(PoolSampler):
         solve = partial(facility_location_coresets, batch_size=m, similarity=self.similarity)
         self._selection = PoolSelection(
             callback, n, m, labels=labels, pool_size=pool_size, limit=least, over=over,
-            solve=solve,
+            solve=solve, default_pool=(3 * m, "3·batch_size"),
         )  # fmt: skip
         self._telemetry = Telemetry(
             telemetry_size, logger, "CREST ", record_coresets=record_coresets
@@ -202,6 +209,7 @@ class CrestBatchSampler(PoolSampler):
                 agree=partial(agree, group), telemetry=self._telemetry,
             )  # fmt: skip
         self._cycle = CoresetCycle(n)
+        self._max_uses = check_optional_positive_int("max_uses", max_uses)
         self._history = _BatchHistory(history_size)
         self.monitor = monitor
         self._compose(
@@ -209,7 +217,7 @@ class CrestBatchSampler(PoolSampler):
             {"policy": self._policy, "cycle": self._cycle, "dropper": dropper,
              "telemetry": self._telemetry, "selection": self._selection},
             {"monitor": monitor is not None, "warmup_steps": self.warmup_steps,
-             "similarity": self.similarity},
+             "similarity": self.similarity, "max_uses": self._max_uses},
         )  # fmt: skip
 
     def _next_batch(self) -> list[int]:
@@ -239,6 +247,11 @@ class CrestBatchSampler(PoolSampler):
         return len(self._dropper.dropped) if self._dropper.rule is not None else None
 
     # -- what users read and report -------------------------------------------------------
+
+    @property
+    def max_uses(self) -> int | None:
+        """Times each coreset of a selection is trained on, at most (``None``: no cap)."""
+        return self._max_uses
 
     @property
     def check_size(self) -> int | None:
