@@ -162,6 +162,12 @@ def worker(rank: int, port: int, out: str) -> None:
         )
         batches = list(sampler)
         tel = sampler.telemetry
+        # (the same with each coreset used once: the ranks reselect on the same steps for it
+        # too, with no collective of their own)
+        once = CrestBatchSampler(
+            N, 8, callback=proxies, monitor=RankMonitor(rank), budget=0.8, seed=0, max_uses=1
+        )
+        list(once)
         # 2. a tiny model end to end under DDP with the real callback and monitor
         g = torch.Generator().manual_seed(0)
         x = torch.randn(N, 5, generator=g)
@@ -190,6 +196,7 @@ def worker(rank: int, port: int, out: str) -> None:
             "len": len(sampler),
             "batch_sizes": sorted({len(b) for b in batches}),
             "selection_steps": [r.step for r in tel.selections],
+            "once": [(r.step, r.reason, r.num_pools) for r in once.telemetry.selections],
             "check_steps": [r.step for r in tel.checks],
             "intervals": [r.interval for r in tel.selections],
             "batches": [[int(i) for i in b] for b in batches],
@@ -220,6 +227,7 @@ def test_two_gloo_ranks_agree_and_train(tmp_path: Path) -> None:
     assert all(b - a == 2 for a, b in zip(r0["check_steps"], r0["check_steps"][1:], strict=False))
     assert r0["selection_steps"] == r1["selection_steps"] and len(r0["selection_steps"]) >= 2
     assert set(r0["intervals"]) == {2}
+    assert r0["once"] == r1["once"] and "uses" in {reason for _, reason, _ in r0["once"]}
     # each rank trained on its own coresets
     assert r0["batches"] != r1["batches"]
     # training: same number of steps, same selections, DDP kept the replicas identical

@@ -29,7 +29,9 @@ __all__ = ["STATE_VERSION", "BudgetedSampler", "PoolSampler"]
 IntArray = npt.NDArray[np.int64]
 
 # 2: the state of 0.2, declared by parts (kind, version, config, one entry per part)
-STATE_VERSION = 2
+# 3: the coreset cycle counts its passes (CREST's and k-center's ``cycle.passes``) and CREST's
+#    configuration holds ``max_uses``
+STATE_VERSION = 3
 
 
 class BudgetedSampler(Sampler[list[int]]):
@@ -161,6 +163,8 @@ class PoolSampler(BudgetedSampler):
     def _next_batch(self) -> list[int]:
         stream = self._stream
         reason = self._policy.due(bool(self._cycle.coresets), stream.step)
+        # coresets used up: a fresh selection (a check that held on this very step is then
+        # superseded by the new anchor; its forward pass is not reused)
         if reason is None and self._cycle.used_up(self._max_uses):
             reason = "uses"
             self._policy.refresh()

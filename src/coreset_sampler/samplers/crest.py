@@ -96,7 +96,8 @@ class CrestBatchSampler(PoolSampler):
             for long overfits them, see ``docs/algorithm.md``).
         check_size: examples in the monitor's check sample (default ``batch_size``; the
             paper's is ``pool_size``).
-        reselect_every: steps between selections without a monitor (default 20).
+        reselect_every: steps between selections without a monitor (default 20; sooner when
+            the coresets are used up first, see ``max_uses``).
         warmup_steps: uniform random batches before the first selection.
         similarity: ``"neg_distance"`` (C − ‖g_i − g_j‖, the paper's), ``"exp"`` (the
             authors' code), ``"cosine"`` or ``"dot"``.
