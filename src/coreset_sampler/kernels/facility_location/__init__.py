@@ -57,6 +57,7 @@ def _compiled() -> ModuleType:
 # (method, device type) -> solver; device None: any device
 _SOLVERS: dict[tuple[str, str | None], Solver] = {
     ("naive", None): _naive.solve,
+    ("naive-like-lazy", "cpu"): _naive.solve_like_lazy,  # (auto only, see _auto)
     ("incremental", None): _incremental.solve,
     ("stochastic", None): _stochastic.solve,
     ("lazy", "cpu"): _solve_lazy,
@@ -172,9 +173,12 @@ def greedy_facility_location(
 def _auto(p: Problem) -> str:
     """``method="auto"``: the compiled solver where it fits, else naive for small problems
     whose dense similarity is built (or given), else incremental."""
-    if p.features is not None and p.device.type == "cpu" and _compiled().fits(p):
+    lazy = p.features is not None and p.device.type == "cpu" and _compiled().suits(p)
+    if lazy and _compiled().fits(p):
         return "lazy"
     if _triton.fits(p):
         return "triton"
     small = p.n <= NAIVE_MAX_N and materialises(p, "incremental")
+    if small and lazy:  # (the compiled kernel is loading: pick as it would)
+        return "naive-like-lazy"
     return "naive" if small else "incremental"

@@ -69,17 +69,22 @@ def available() -> bool:
 
 
 def fits(p: Problem) -> bool:
-    """Whether ``method="auto"`` runs the compiled kernel on ``p``: CPU features with a named
-    similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the matrix-product
-    route, numba installed, and the kernel compiled for the working dtype (until it is, it is
-    compiled in the background while the PyTorch solvers serve: see :func:`ready`)."""
+    """Whether ``method="auto"`` runs the compiled kernel on ``p``: :func:`suits` it, and the
+    kernel is compiled for the working dtype (until it is, it is compiled in the background
+    while the PyTorch solvers serve: see :func:`ready`)."""
+    return suits(p) and ready(p.dtype)
+
+
+def suits(p: Problem) -> bool:
+    """Whether ``p`` is a problem for the compiled kernel, once compiled: CPU features with a
+    named similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the
+    matrix-product route, and numba installed."""
     return (
         p.features is not None
         and p.chunk_size is None
         and p.device.type == "cpu"
         and (p.features.shape[-1] <= LAZY_MAX_D or _from_products(p))
         and _jit.ENABLED
-        and ready(p.dtype)
     )
 
 

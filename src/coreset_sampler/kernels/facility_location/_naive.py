@@ -20,6 +20,17 @@ def solve(problem: Problem, generator: torch.Generator | None) -> FacilityLocati
     return result(p, _naive(p))
 
 
+def solve_like_lazy(problem: Problem, generator: torch.Generator | None) -> FacilityLocationResult:
+    """The naive greedy in the compiled kernel's arithmetic: similarities and gains in float64,
+    gains tied within the tolerance of the input's dtype. ``method="auto"`` runs it on small
+    problems while the compiled kernel is loading, so that a run's picks do not depend on
+    when it has loaded: the float32 naive greedy broke a near-tie differently from the
+    compiled kernel in about 3 of 1000 problems of CREST's gradient proxies, this one in none
+    of them (``docs/facility_location.md``, exactness)."""
+    p = prepare(problem._replace(dtype=torch.float64), "naive")._replace(dtype=problem.dtype)
+    return result(p, _naive(p))
+
+
 def _naive(p: TorchProblem) -> Solution:
     """Recompute every gain at every step from the dense similarity (few, large kernels)."""
     assert p.dense is not None
