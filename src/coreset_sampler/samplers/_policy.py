@@ -141,7 +141,7 @@ class MonitorChecks(Stateful):
     def due(self, has_coresets: bool, step: int) -> str | None:
         if not has_coresets:
             return "initial"
-        interval = self.interval if self.interval is not None else int(self.monitor.interval)
+        interval = self._current_interval()
         if self.steps_since_check < interval:
             return None
         start = time.perf_counter()
@@ -163,8 +163,11 @@ class MonitorChecks(Stateful):
 
     def refresh(self) -> None:
         """The coresets are used up before a check asked for new ones: P for the interval."""
-        interval = self.interval if self.interval is not None else int(self.monitor.interval)
-        self.num_pools = min(self.pool_multiplier * interval, self.steps_per_epoch)
+        self.num_pools = min(self.pool_multiplier * self._current_interval(), self.steps_per_epoch)
+
+    def _current_interval(self) -> int:
+        """T1 as agreed at the last anchor or check (the monitor's own before any)."""
+        return self.interval if self.interval is not None else int(self.monitor.interval)
 
     def selected(
         self,

@@ -174,7 +174,7 @@ def _auto(p: Problem) -> str:
     """``method="auto"``: the compiled solver where it fits, else naive for small problems
     whose dense similarity is built (or given), else incremental."""
     lazy = p.features is not None and p.device.type == "cpu" and _compiled().suits(p)
-    if lazy and _compiled().fits(p):
+    if lazy and _compiled().ready(p.dtype):
         return "lazy"
     if _triton.fits(p):
         return "triton"

@@ -68,17 +68,11 @@ def available() -> bool:
     return _jit.ENABLED
 
 
-def fits(p: Problem) -> bool:
-    """Whether ``method="auto"`` runs the compiled kernel on ``p``: :func:`suits` it, and the
-    kernel is compiled for the working dtype (until it is, it is compiled in the background
-    while the PyTorch solvers serve: see :func:`ready`)."""
-    return suits(p) and ready(p.dtype)
-
-
 def suits(p: Problem) -> bool:
-    """Whether ``p`` is a problem for the compiled kernel, once compiled: CPU features with a
-    named similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the
-    matrix-product route, and numba installed."""
+    """Whether ``p`` is a problem for the compiled kernel: CPU features with a named
+    similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the matrix-product
+    route, and numba installed. ``method="auto"`` runs it once :func:`ready` for the working
+    dtype (until then it is compiled in the background while the PyTorch solvers serve)."""
     return (
         p.features is not None
         and p.chunk_size is None
