@@ -355,3 +355,26 @@ def test_the_samplers_call_proxies_and_losses_where_the_callback_has_it() -> Non
     assert proxies.shape == (3, 2) and losses is not None and losses.tolist() == [0.0] * 3
     plain, none = call_proxies(lambda idx: torch.ones(len(idx), 2), np.arange(2), "call")
     assert plain.shape == (2, 2) and none is None
+
+
+def test_head_record_looks_up_rows_across_parts_added_after_a_lookup() -> None:
+    """The record joins its parts once for many lookups; a part added later is found too (the
+    joined copy is rebuilt), and a change to the parameters invalidates the record."""
+    from coreset_sampler.proxies import _HeadRecord
+
+    model = nn.Linear(3, 2)
+    record = _HeadRecord(model)
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.randn(n, 2, generator=g), torch.randn(n, 3, generator=g)) for n in (4, 3)]
+    record.add([10, 11, 12, 13], *parts[0], torch.tensor([0, 1, 0, 1]))
+    logits, feats, targets = record.lookup([12, 10])  # type: ignore[misc]
+    assert torch.equal(logits, parts[0][0][[2, 0]]) and torch.equal(targets, torch.tensor([0, 0]))
+    record.add([20, 21, 22], *parts[1], torch.tensor([1, 1, 0]))
+    logits, feats, targets = record.lookup([22, 11, 20])  # type: ignore[misc]
+    assert torch.equal(logits, torch.stack([parts[1][0][2], parts[0][0][1], parts[1][0][0]]))
+    assert torch.equal(feats, torch.stack([parts[1][1][2], parts[0][1][1], parts[1][1][0]]))
+    assert torch.equal(targets, torch.tensor([0, 1, 1]))
+    assert record.lookup([10, 99]) is None  # (an example it has not seen)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert record.lookup([10]) is None

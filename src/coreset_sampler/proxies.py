@@ -508,7 +508,10 @@ class _HeadRecord:
         rows = [self.rows.get(i) for i in indices]
         if any(r is None for r in rows):
             return None
-        logits, feats, targets = (torch.cat([part[k] for part in self.parts]) for k in range(3))
+        if self.joined is None:  # (joined once per record, not once per coreset looked up)
+            logits, feats, targets = (torch.cat([p[k] for p in self.parts]) for k in range(3))
+            self.joined = (logits, feats, targets)
+        logits, feats, targets = self.joined
         at = torch.tensor(rows, dtype=torch.long, device=logits.device)
         return logits[at], feats[at], targets[at]
 
