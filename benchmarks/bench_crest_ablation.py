@@ -37,7 +37,15 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from _data import ImageDataset, load_fashion_mnist
     from _nets import SmallCNN, mlp
-    from _train import Recipe, evaluate, lr_factor, overheads, seed_everything, set_threads
+    from _train import (
+        Recipe,
+        evaluate,
+        lr_factor,
+        overheads,
+        place,
+        seed_everything,
+        set_threads,
+    )  # fmt: skip
     from torch.utils.data import DataLoader
 
     from coreset_sampler import (
@@ -60,6 +68,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         model: Any = SmallCNN(in_channels=1, num_classes=10, width=16)
     else:
         model = mlp()
+    place(model, torch.device("cpu"))
     if cfg.get("schedule", "steps") == "cosine":  # from lr, no warm-up
         recipe = Recipe(epochs=cfg.get("epochs", 10), lr=cfg.get("lr", 0.1), warmup=0.0,
                         schedule="cosine")  # fmt: skip
