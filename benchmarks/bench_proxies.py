@@ -12,9 +12,11 @@ the same data, the same model and the same batch size, examples per second of:
 * ``losses``: ``GradientProxyCallback.per_sample_loss`` under ``torch.no_grad`` (a check);
 * ``train step``: forward, backward and an SGD step in train mode at the training batch size.
 
-and reports each as a ratio to ``bare``. ``--arch`` picks the example's SmallCNN or the
-benchmark's MLP; weights are the seed's initial ones (a forward pass costs the same at any
-weights).
+and reports each as a ratio to ``bare``, and the callback's time per example over the
+training step's. ``--arch`` picks the example's SmallCNN or the benchmark's MLP; weights are the
+seed's initial ones (a forward pass costs the same at any weights). The SmallCNN is measured in
+both memory layouts side by side: ``nchw`` (PyTorch's default) and ``channels_last`` (what the
+examples use on CPU, ``_train.place``).
 
     python benchmarks/bench_proxies.py                      # SmallCNN, 1 thread
     python benchmarks/bench_proxies.py --arch mlp --repeats 7
@@ -23,6 +25,7 @@ weights).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -37,7 +40,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 from _data import ImageDataset, load_fashion_mnist  # noqa: E402
 from _nets import SmallCNN, mlp  # noqa: E402
-from _train import set_threads  # noqa: E402
+from _train import place, set_threads  # noqa: E402
 
 from coreset_sampler import GradientProxyCallback  # noqa: E402
 
@@ -53,21 +56,10 @@ def rate(fn: Callable[[], None], examples: int, repeats: int) -> float:
     return examples / statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
-    parser.add_argument("--examples", type=int, default=6000, help="examples per timed call")
-    parser.add_argument("--batch-size", type=int, default=256, help="inference batch size")
-    parser.add_argument("--train-batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    torch.manual_seed(0)
-    data = load_fashion_mnist(args.data_dir)
-    train_set = ImageDataset(*data["train"])
-    model = SmallCNN(in_channels=1, num_classes=10, width=16) if args.arch == "cnn" else mlp()
+def measure(
+    model: torch.nn.Module, train_set: ImageDataset, args: argparse.Namespace
+) -> dict[str, float]:
+    """Examples per second of each timed call, for this model."""
     gen = torch.Generator().manual_seed(0)
     indices = torch.randperm(len(train_set), generator=gen)[: args.examples].tolist()
     chunks = [indices[s : s + args.batch_size] for s in range(0, len(indices), args.batch_size)]
@@ -107,21 +99,55 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             opt.step()
 
     n = len(indices)
-    rates = {
+    return {
         "bare": rate(bare, n, args.repeats),
         "bare+load": rate(bare_load, n, args.repeats),
         "callback": rate(proxies, n, args.repeats),
         "losses": rate(losses, n, args.repeats),
         "train step": rate(train, n, args.repeats),
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
+    parser.add_argument("--examples", type=int, default=6000, help="examples per timed call")
+    parser.add_argument("--batch-size", type=int, default=128, help="inference batch size")
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    data = load_fashion_mnist(args.data_dir)
+    train_set = ImageDataset(*data["train"])
+    model = SmallCNN(in_channels=1, num_classes=10, width=16) if args.arch == "cnn" else mlp()
+    models = {"default": model}
+    if args.arch == "cnn":  # (the same weights in both layouts)
+        cpu = torch.device("cpu")
+        models = {"nchw": model, "channels_last": place(copy.deepcopy(model), cpu)}
+    rates = {layout: measure(m, train_set, args) for layout, m in models.items()}
     print(
-        f"{args.arch}, {n} examples, inference batch {args.batch_size}, train batch "
+        f"{args.arch}, {args.examples} examples, inference batch {args.batch_size}, train batch "
         f"{args.train_batch}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     )
-    print(f"| {'what':<10} | examples/s | time ÷ bare |")
-    print("|---|---|---|")
-    for name, r in rates.items():
-        print(f"| {name:<10} | {r:10.0f} | {rates['bare'] / r:5.2f} |")
+    print("| what | " + " | ".join(f"{k} examples/s | time ÷ bare" for k in rates) + " |")
+    print("|---|" + "---|---|" * len(rates))
+    for name in rates[next(iter(rates))]:
+        cells = [f"{r[name]:10.0f} | {r['bare'] / r[name]:5.2f}" for r in rates.values()]
+        print(f"| {name:<10} | " + " | ".join(cells) + " |")
+    for layout, r in rates.items():
+        print(
+            f"{layout}: the callback's time per example is {r['train step'] / r['callback']:.2f} "
+            "of a training step's"
+        )
+    if len(rates) == 2:
+        a, b = rates.values()
+        print(
+            f"channels_last over nchw: callback {b['callback'] / a['callback']:.2f}x, "
+            f"train step {b['train step'] / a['train step']:.2f}x as fast"
+        )
     return rates
 
 

@@ -162,7 +162,9 @@ class GradientProxyCallback:
             (per-sample losses; its logit gradient is computed with :func:`logit_grad`).
         weight: class weights of the cross-entropy, if the training loss uses them.
         label_smoothing: label smoothing of the cross-entropy.
-        batch_size: examples per inference forward pass.
+        batch_size: examples per inference forward pass (default 128, a common training
+            batch: a chunk then holds fewer activations than a training step does; on a
+            2-core CPU, chunks of 256 were 5 to 10% slower per example for a small CNN).
         bias: include the bias column in ``"last_layer"`` proxies.
         collate_fn: how dataset items are batched (default ``default_collate``). A dataset
             with ``__getitems__`` gets one call per batch, as in a ``DataLoader``.
@@ -205,7 +207,7 @@ class GradientProxyCallback:
         loss: Literal["cross_entropy"] | PerSampleLossFn = "cross_entropy",
         weight: Tensor | None = None,
         label_smoothing: float = 0.0,
-        batch_size: int = 256,
+        batch_size: int = 128,
         bias: bool = True,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         precondition: Literal["none", "hessian"] = "none",
