@@ -16,7 +16,8 @@ and reports each as a ratio to ``bare``, and the callback's time per example ove
 training step's. ``--arch`` picks the example's SmallCNN or the benchmark's MLP; weights are the
 seed's initial ones (a forward pass costs the same at any weights). The SmallCNN is measured in
 both memory layouts side by side: ``nchw`` (PyTorch's default) and ``channels_last`` (what the
-examples use on CPU, ``_train.place``).
+examples use on CPU, ``_train.place``). Every call is timed once per round, in turn, and each
+reports its median over ``--repeats`` rounds: a drift of the machine's speed reaches all alike.
 
     python benchmarks/bench_proxies.py                      # SmallCNN, 1 thread
     python benchmarks/bench_proxies.py --arch mlp --repeats 7
@@ -45,21 +46,24 @@ from _train import place, set_threads  # noqa: E402
 from coreset_sampler import GradientProxyCallback  # noqa: E402
 
 
-def rate(fn: Callable[[], None], examples: int, repeats: int) -> float:
-    """Median examples per second of ``fn`` (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return examples / statistics.median(times)
+def rates_of(calls: dict[str, Callable[[], None]], examples: int, repeats: int) -> dict[str, float]:
+    """Median examples per second of each call, timed in turn (one round of every call, then
+    the next round, after one warm-up round), so that a drift of the machine's speed reaches
+    them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeats + 1):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: examples / statistics.median(t) for name, t in times.items()}
 
 
-def measure(
+def calls_for(
     model: torch.nn.Module, train_set: ImageDataset, args: argparse.Namespace
-) -> dict[str, float]:
-    """Examples per second of each timed call, for this model."""
+) -> dict[str, Callable[[], None]]:
+    """The timed calls, for this model."""
     gen = torch.Generator().manual_seed(0)
     indices = torch.randperm(len(train_set), generator=gen)[: args.examples].tolist()
     chunks = [indices[s : s + args.batch_size] for s in range(0, len(indices), args.batch_size)]
@@ -98,13 +102,12 @@ def measure(
             loss.backward()
             opt.step()
 
-    n = len(indices)
     return {
-        "bare": rate(bare, n, args.repeats),
-        "bare+load": rate(bare_load, n, args.repeats),
-        "callback": rate(proxies, n, args.repeats),
-        "losses": rate(losses, n, args.repeats),
-        "train step": rate(train, n, args.repeats),
+        "bare": bare,
+        "bare+load": bare_load,
+        "callback": proxies,
+        "losses": losses,
+        "train step": train,
     }
 
 
@@ -127,7 +130,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.arch == "cnn":  # (the same weights in both layouts)
         cpu = torch.device("cpu")
         models = {"nchw": model, "channels_last": place(copy.deepcopy(model), cpu)}
-    rates = {layout: measure(m, train_set, args) for layout, m in models.items()}
+    n = min(args.examples, len(train_set))
+    calls = {(layout, name): fn for layout, m in models.items()
+             for name, fn in calls_for(m, train_set, args).items()}  # fmt: skip
+    timed = rates_of({f"{k[0]} {k[1]}": fn for k, fn in calls.items()}, n, args.repeats)
+    rates = {layout: {name: timed[f"{layout} {name}"] for (lay, name) in calls if lay == layout}
+             for layout in models}  # fmt: skip
     print(
         f"{args.arch}, {args.examples} examples, inference batch {args.batch_size}, train batch "
         f"{args.train_batch}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"

@@ -127,9 +127,10 @@ def place(model: nn.Module, device: torch.device) -> nn.Module:
 
     PyTorch's CPU convolutions and pooling are fastest in channels-last (NHWC) layout: with the
     default (NCHW) one, the example SmallCNN spent about 60% of its forward pass in max pooling
-    on a 2-core AMD EPYC, and channels-last made its training step 1.6 times and its forward
-    pass 2.4 times faster (``docs/benchmarks/end_to_end.md``). Inputs stay as they are loaded:
-    a convolution with channels-last weights gives channels-last outputs.
+    on a 2-core AMD EPYC, and channels-last made its training step about 1.65 times and its
+    proxy pass about twice as fast (``benchmarks/bench_proxies.py``,
+    ``docs/benchmarks/end_to_end.md``). Inputs stay as they are loaded: a convolution with
+    channels-last weights gives channels-last outputs.
     """
     model.to(device)
     if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
