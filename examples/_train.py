@@ -121,7 +121,6 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4) -
     return torch.where(flip, out.flip(3), out)
 
 
-@torch.no_grad()
 def place(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device``; on CPU, a convolutional model also in channels-last layout.
 
@@ -138,6 +137,7 @@ def place(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 1000) -> float:
     """Accuracy of ``model`` on ``dataset`` (an ``ImageDataset``), in eval mode."""
     model.eval()

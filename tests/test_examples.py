@@ -228,6 +228,36 @@ def test_infobatch_in_the_loop_reports_losses_and_the_schedule_follows_its_short
     assert [h["lr"] for h in result["history"]] == pytest.approx([0.1, 0.01, 0.01, 0.01])
 
 
+def test_place_puts_a_convolutional_model_in_channels_last_layout_on_cpu_only() -> None:
+    from _nets import SmallCNN, mlp
+    from _train import place
+
+    cpu = torch.device("cpu")
+    cnn = place(SmallCNN(in_channels=1, num_classes=10, width=4), cpu)
+    conv = cnn.features[4].weight  # (the second convolution: more than one input channel)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    elsewhere = place(SmallCNN(in_channels=1, num_classes=10, width=4), torch.device("meta"))
+    assert elsewhere.features[4].weight.is_contiguous()  # (not on a CPU: as it was)
+    net = mlp()
+    strides = [p.stride() for p in net.parameters()]
+    assert [p.stride() for p in place(net, cpu).parameters()] == strides
+
+
+def test_evaluate_runs_without_gradients_in_eval_mode() -> None:
+    from _nets import SmallCNN
+    from _train import evaluate
+
+    model = SmallCNN(in_channels=1, num_classes=10, width=4)
+    seen: list[tuple[bool, bool]] = []
+    model.register_forward_hook(
+        lambda m, _i, out: seen.append((torch.is_grad_enabled() or out.requires_grad, m.training))
+    )
+    images = np.zeros((5, 1, 28, 28), dtype=np.uint8)
+    accuracy = evaluate(model, _data.ImageDataset(images, np.arange(5) % 2), torch.device("cpu"), 2)
+    assert 0.0 <= accuracy <= 1.0 and seen == [(False, False)] * 3 and model.training
+
+
 # --------------------------------------------------------------------------- CIFAR
 
 
