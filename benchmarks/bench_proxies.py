@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     rates = {layout: {name: timed[f"{layout} {name}"] for (lay, name) in calls if lay == layout}
              for layout in models}  # fmt: skip
     print(
-        f"{args.arch}, {args.examples} examples, inference batch {args.batch_size}, train batch "
+        f"{args.arch}, {n} examples, inference batch {args.batch_size}, train batch "
         f"{args.train_batch}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     )
     print("| what | " + " | ".join(f"{k} examples/s | time ÷ bare" for k in rates) + " |")

@@ -513,6 +513,7 @@ class _HeadRecord:
         if self.joined is None:  # (joined once per record, not once per coreset looked up)
             logits, feats, targets = (torch.cat([p[k] for p in self.parts]) for k in range(3))
             self.joined = (logits, feats, targets)
+            self.parts = [self.joined]  # (one copy of the pass, not two)
         logits, feats, targets = self.joined
         at = torch.tensor(rows, dtype=torch.long, device=logits.device)
         return logits[at], feats[at], targets[at]
