@@ -45,7 +45,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         place,
         seed_everything,
         set_threads,
-    )  # fmt: skip
+    )
     from torch.utils.data import DataLoader
 
     from coreset_sampler import (

@@ -358,8 +358,8 @@ def test_the_samplers_call_proxies_and_losses_where_the_callback_has_it() -> Non
 
 
 def test_head_record_looks_up_rows_across_parts_added_after_a_lookup() -> None:
-    """The record joins its parts once for many lookups; a part added later is found too (the
-    joined copy is rebuilt), and a change to the parameters invalidates the record."""
+    """The record joins its parts into one at a lookup; a part added later is found too, and
+    a change to the parameters invalidates the record."""
     from coreset_sampler.proxies import _HeadRecord
 
     model = nn.Linear(3, 2)

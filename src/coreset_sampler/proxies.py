@@ -490,7 +490,6 @@ class _HeadRecord:
     def clear(self) -> None:
         self.rows: dict[int, int] = {}
         self.parts: list[tuple[Tensor, Tensor, Any]] = []
-        self.joined: tuple[Tensor, Tensor, Any] | None = None
         self.version: tuple[int, ...] | None = None
 
     def add(self, indices: list[int], logits: Tensor, feats: Tensor, targets: Any) -> None:
@@ -500,7 +499,6 @@ class _HeadRecord:
             self.version = version
         offset = sum(part[0].shape[0] for part in self.parts)
         self.parts.append((logits, feats, targets))
-        self.joined = None
         for k, i in enumerate(indices):
             self.rows[i] = offset + k
 
@@ -510,11 +508,10 @@ class _HeadRecord:
         rows = [self.rows.get(i) for i in indices]
         if any(r is None for r in rows):
             return None
-        if self.joined is None:  # (joined once per record, not once per coreset looked up)
+        if len(self.parts) > 1:  # (joined into one part once, not once per coreset looked up)
             logits, feats, targets = (torch.cat([p[k] for p in self.parts]) for k in range(3))
-            self.joined = (logits, feats, targets)
-            self.parts = [self.joined]  # (one copy of the pass, not two)
-        logits, feats, targets = self.joined
+            self.parts = [(logits, feats, targets)]
+        logits, feats, targets = self.parts[0]
         at = torch.tensor(rows, dtype=torch.long, device=logits.device)
         return logits[at], feats[at], targets[at]
 
