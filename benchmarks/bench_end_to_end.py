@@ -30,7 +30,8 @@ Methods:
   checks hold, Hutchinson's diagonal over the whole network).
 
 Configurations (``--arch``): ``cnn``, the SmallCNN of ``examples/fashion_mnist.py`` with its
-recipe (SGD, warm-up, ×0.1 at 60% and 85%); ``mlp``, a 784-256-128-10 MLP (no BatchNorm) with a
+recipe (SGD, warm-up, ×0.1 at 60% and 85%), in channels-last layout as the examples train a
+convolutional model on a CPU (``_train.place``); ``mlp``, a 784-256-128-10 MLP (no BatchNorm) with a
 cosine schedule from lr 0.05.
 
     python benchmarks/bench_end_to_end.py                        # 3 seeds, all methods
