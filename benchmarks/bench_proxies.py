@@ -8,7 +8,10 @@ the same data, the same model and the same batch size, examples per second of:
 * ``bare+load``: the same with the batch loaded per call (``train_set.batch(indices)``, the
   callback's loader in the examples);
 * ``callback``: ``GradientProxyCallback.proxies_and_losses(indices)`` (load, forward, losses,
-  logit gradients, the head record for the closed-form quadratic model);
+  logit gradients, the head record for the closed-form quadratic model), loading with
+  ``train_set.batch``;
+* ``callback (dataset)``: the same, built as the README builds it, from the dataset (its
+  ``__getitems__``, then ``default_collate``);
 * ``losses``: ``GradientProxyCallback.per_sample_loss`` under ``torch.no_grad`` (a check);
 * ``train step``: forward, backward and an SGD step in train mode at the training batch size.
 
@@ -69,6 +72,8 @@ def calls_for(
     chunks = [indices[s : s + args.batch_size] for s in range(0, len(indices), args.batch_size)]
     gathered = [train_set.batch(c)[0] for c in chunks]
     callback = GradientProxyCallback(model, train_set.batch, batch_size=args.batch_size)
+    # as the README builds it: items through the dataset's __getitems__ and default_collate
+    from_dataset = GradientProxyCallback(model, train_set, batch_size=args.batch_size)
 
     def bare() -> None:
         model.eval()
@@ -84,6 +89,9 @@ def calls_for(
 
     def proxies() -> None:
         callback.proxies_and_losses(indices)
+
+    def proxies_from_dataset() -> None:
+        from_dataset.proxies_and_losses(indices)
 
     def losses() -> None:
         model.eval()
@@ -106,6 +114,7 @@ def calls_for(
         "bare": bare,
         "bare+load": bare_load,
         "callback": proxies,
+        "callback (dataset)": proxies_from_dataset,
         "losses": losses,
         "train step": train,
     }

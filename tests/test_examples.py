@@ -484,5 +484,12 @@ def test_bench_proxies_runs(arch: str, fashion_dir: tuple[Path, dict[str, Any]])
     rates = bench_proxies.main(argv)
     assert set(rates) == ({"nchw", "channels_last"} if arch == "cnn" else {"default"})
     for layout in rates.values():
-        assert set(layout) == {"bare", "bare+load", "callback", "losses", "train step"}
+        assert set(layout) == {
+            "bare",
+            "bare+load",
+            "callback",
+            "callback (dataset)",
+            "losses",
+            "train step",
+        }
         assert all(r > 0 for r in layout.values())
