@@ -126,7 +126,7 @@ def place(model: nn.Module, device: torch.device) -> nn.Module:
 
     PyTorch's CPU convolutions and pooling are fastest in channels-last (NHWC) layout: with the
     default (NCHW) one, the example SmallCNN spent about 60% of its forward pass in max pooling
-    on a 2-core AMD EPYC, and channels-last made its training step about 1.65 times and its
+    on a 2-core AMD EPYC, and channels-last made its training step about 1.7 times and its
     proxy pass about twice as fast (``benchmarks/bench_proxies.py``,
     ``docs/benchmarks/end_to_end.md``). Inputs stay as they are loaded: a convolution with
     channels-last weights gives channels-last outputs.
