@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +49,14 @@ from _train import place, set_threads  # noqa: E402
 
 from coreset_sampler import GradientProxyCallback  # noqa: E402
 
+K = TypeVar("K")
 
-def rates_of(calls: dict[str, Callable[[], None]], examples: int, repeats: int) -> dict[str, float]:
+
+def rates_of(calls: dict[K, Callable[[], None]], examples: int, repeats: int) -> dict[K, float]:
     """Median examples per second of each call, timed in turn (one round of every call, then
     the next round, after one warm-up round), so that a drift of the machine's speed reaches
     them all alike."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[K, list[float]] = {name: [] for name in calls}
     for round_ in range(repeats + 1):
         for name, fn in calls.items():
             start = time.perf_counter()
@@ -142,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     n = min(args.examples, len(train_set))
     calls = {(layout, name): fn for layout, m in models.items()
              for name, fn in calls_for(m, train_set, args).items()}  # fmt: skip
-    timed = rates_of({f"{k[0]} {k[1]}": fn for k, fn in calls.items()}, n, args.repeats)
-    rates = {layout: {name: timed[f"{layout} {name}"] for (lay, name) in calls if lay == layout}
+    timed = rates_of(calls, n, args.repeats)
+    rates = {layout: {name: r for (lay, name), r in timed.items() if lay == layout}
              for layout in models}  # fmt: skip
     print(
         f"{args.arch}, {n} examples, inference batch {args.batch_size}, train batch "
