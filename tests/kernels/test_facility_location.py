@@ -710,6 +710,66 @@ def test_auto_compiles_in_the_background_and_serves_with_pytorch_meanwhile(
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_served_long_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until the PyTorch solvers have spent LOAD_AFTER_S seconds on problems the compiled kernel
+    would take, "auto" does not load it (a short run does not pay numba's import); then it
+    starts importing it in a background thread (once), does not wait for it, and answers with
+    the PyTorch solver in the kernel's arithmetic meanwhile; once imported, the kernel serves,
+    with the same picks. method="lazy" imports it in the caller's thread."""
+    import itertools
+    import threading
+    from types import SimpleNamespace
+
+    gate = threading.Event()
+    imported: list[str] = []
+    real_import = fl.importlib.import_module
+
+    def slow_import(name: str) -> object:
+        if name == fl._LAZY:
+            gate.wait(5.0)
+            imported.append(name)
+        return real_import(name)
+
+    clock = itertools.count(step=0.1)  # every solve takes 0.1 s
+    monkeypatch.setattr(fl, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(fl, "LOAD_AFTER_S", 0.25)
+    monkeypatch.setattr(fl, "_pytorch_seconds", 0.0)
+    monkeypatch.setattr(fl, "_module", None)
+    monkeypatch.setattr(fl, "_loader", None)
+    monkeypatch.setattr(fl.importlib, "import_module", slow_import)
+    used: list[str] = []
+    for key, solver in list(fl._SOLVERS.items()):
+        monkeypatch.setitem(
+            fl._SOLVERS, key, lambda p, g, name=key[0], f=solver: used.append(name) or f(p, g)
+        )
+    x = rng_features(41, 4, 30, 5).float()
+    first = greedy_facility_location(x, 6)
+    for _ in range(2):
+        greedy_facility_location(x, 6)
+    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.3)  # not yet
+    greedy_facility_location(x, 6, chunk_size=8)  # (a problem the kernel does not take)
+    assert fl._pytorch_seconds == pytest.approx(0.3)
+    second = greedy_facility_location(x, 6)  # (would hang 5 s here if it waited for the import)
+    loader = fl._loader
+    assert loader is not None and loader.is_alive() and imported == []
+    greedy_facility_location(x, 6)
+    assert used == ["naive-like-lazy"] * 3 + ["incremental"] + ["naive-like-lazy"] * 2
+    gate.set()
+    loader.join(5.0)
+    assert imported == [fl._LAZY] and fl._loader is loader  # one import, one thread
+    third = greedy_facility_location(x, 6)
+    assert used[-1] == "lazy" and fl._pytorch_seconds == pytest.approx(0.5)
+    assert torch.equal(first.indices, third.indices) and torch.equal(second.weights, third.weights)
+    monkeypatch.setattr(fl, "_module", None)
+    monkeypatch.setattr(fl, "_loader", None)
+    explicit = greedy_facility_location(x, 6, method="lazy")  # imports in this thread
+    assert fl._module is not None and fl._loader is None
+    assert torch.equal(explicit.indices, third.indices)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 def test_picks_made_while_the_kernel_loads_are_the_kernels_on_near_ties(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

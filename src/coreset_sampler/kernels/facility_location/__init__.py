@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import logging
+import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
@@ -30,7 +34,7 @@ from coreset_sampler._checks import check_choice
 
 from . import _incremental, _naive, _stochastic, _triton
 from ._problem import METHODS, FacilityLocationResult, Method, Problem, SimilarityName, describe
-from ._torch import cluster_sizes, materialises, prepare
+from ._torch import cluster_sizes, compiled_route, materialises, prepare
 
 TIES = ("lowest", "share")
 
@@ -43,15 +47,67 @@ NAIVE_MAX_N = 128
 Solver = Callable[[Problem, "torch.Generator | None"], FacilityLocationResult]
 
 
+logger = logging.getLogger(__name__)
+
+# the compiled solver's module: it imports numba, so only when first asked for, and by "auto"
+# in a background thread once the PyTorch solvers have served it LOAD_AFTER_S seconds
+_LAZY = "coreset_sampler.kernels.facility_location._lazy"
+_module: ModuleType | None = None
+_loader: threading.Thread | None = None
+_loader_lock = threading.Lock()
+# "auto" serves the problems the compiled kernel would take with the PyTorch solvers (which pick
+# alike) until they have spent this many seconds on them, and only then loads the kernel in the
+# background. Loading costs about 0.5 s of CPU on a 2-core machine from numba's disk cache
+# (import 0.2 s, the cache 0.35 s; about 20 s to compile the first time), which a short run
+# pays in its training steps too: a 470-step CREST run on an MLP took 2.5 s without it and
+# 3.2 s with it, its 14 selections costing 0.12 s in PyTorch. Paying for the kernel only after
+# as much time in PyTorch keeps a run within about twice the cheaper of the two when the
+# kernel is in numba's cache (ski rental).
+LOAD_AFTER_S = 0.5
+_pytorch_seconds = 0.0
+
+
 def _solve_lazy(problem: Problem, generator: torch.Generator | None) -> FacilityLocationResult:
-    # (the compiled solver's module imports numba: only when it is first asked for)
     result: FacilityLocationResult = _compiled().solve_problem(problem, generator)
     return result
 
 
-@functools.cache
 def _compiled() -> ModuleType:
-    return importlib.import_module("coreset_sampler.kernels.facility_location._lazy")
+    """The compiled solver's module, imported in this thread if it is not yet (waiting for a
+    background import under way)."""
+    global _module
+    if _module is None:
+        _module = importlib.import_module(_LAZY)
+    return _module
+
+
+def _compiled_if_loaded() -> ModuleType | None:
+    """The compiled solver's module once imported; until then ``None``, with its import started
+    in a background thread (once): ``"auto"`` does not make a selection wait for numba's
+    import, as it does not wait for the compilation (:func:`._lazy.ready`)."""
+    global _loader
+    if _module is None:
+        with _loader_lock:
+            if _loader is None:
+                _loader = threading.Thread(
+                    target=_import_quietly, name="coreset_sampler-import", daemon=True
+                )
+                _loader.start()
+    return _module
+
+
+def _import_quietly() -> None:
+    try:
+        _compiled()
+    except Exception:  # (then "auto" keeps the PyTorch solvers; "lazy" raises in the caller)
+        logger.debug("importing the compiled kernel failed", exc_info=True)
+
+
+@functools.cache
+def _numba_installed() -> bool:
+    """Whether numba can be found (not imported): while the compiled solver's module loads,
+    ``"auto"`` picks as that solver will."""
+    return importlib.util.find_spec("numba") is not None
 
 
 # (method, device type) -> solver; device None: any device
@@ -152,7 +208,8 @@ def greedy_facility_location(
             f"{type(generator).__qualname__} (make one with torch.Generator().manual_seed(seed))"
         )
     problem = describe(features, k, mask, similarity, epsilon, chunk_size)
-    name = _auto(problem) if method == "auto" else method
+    route = method == "auto" and compiled_route(problem)  # (a problem the kernel would take)
+    name = _auto(problem, route) if method == "auto" else method
     if name == "triton":  # weights by the ties rule in the kernel: no PyTorch pass after it
         return _triton.solve(problem, share=ties == "share")
     solver = _SOLVERS.get((name, problem.device.type)) or _SOLVERS.get((name, None))
@@ -161,7 +218,10 @@ def greedy_facility_location(
             f"method={name!r} runs on the CPU, but the features are on {problem.device} (use "
             "method='auto', 'naive' or 'incremental' there)"
         )
+    start = time.perf_counter()
     result = solver(problem, generator)
+    if route and name != "lazy":
+        _served_by_pytorch(time.perf_counter() - start)
     if ties == "share":
         working = prepare(problem, "incremental")
         kmax = result.indices.shape[-1]
@@ -170,15 +230,28 @@ def greedy_facility_location(
     return result
 
 
-def _auto(p: Problem) -> str:
-    """``method="auto"``: the compiled solver where it fits, else naive for small problems
-    whose dense similarity is built (or given), else incremental."""
-    lazy = p.features is not None and p.device.type == "cpu" and _compiled().suits(p)
-    if lazy and _compiled().ready(p.dtype):
-        return "lazy"
+def _served_by_pytorch(seconds: float) -> None:
+    global _pytorch_seconds
+    _pytorch_seconds += seconds
+
+
+def _auto(p: Problem, route: bool) -> str:
+    """``method="auto"``: the compiled solver where it fits (``route``) and is ready, else
+    naive for small problems whose dense similarity is built (or given), else incremental."""
+    lazy = route
+    if lazy:
+        module = _module
+        if module is None and _pytorch_seconds >= LOAD_AFTER_S:
+            module = _compiled_if_loaded()
+        if module is None:  # (not loaded: pick as it will)
+            lazy = _numba_installed()
+        else:
+            lazy = module.suits(p)
+            if lazy and module.ready(p.dtype):
+                return "lazy"
     if _triton.fits(p):
         return "triton"
     small = p.n <= NAIVE_MAX_N and materialises(p, "incremental")
-    if small and lazy:  # (the compiled kernel is loading: pick as it would)
+    if small and lazy:  # (the compiled kernel is not ready: pick as it would)
         return "naive-like-lazy"
     return "naive" if small else "incremental"

@@ -5,7 +5,7 @@ and the cluster sizes, so a batch of small problems costs one Python call instea
 PyTorch operations per greedy step. Up to ``_MATRIX_MAX`` points (2048: a 34 MB float64 matrix)
 a problem's similarity matrix is built once and the greedy is lazy (:mod:`._kernel_greedy`);
 above, nothing quadratic is stored and the greedy is incremental, rows recomputed from the
-features. With more than ``_LAZY_MAX_D`` features (not float64) and a small enough batch, the
+features. With more than ``LAZY_MAX_D`` features (not float64) and a small enough batch, the
 distances come instead from one float64 matrix product in PyTorch. With several threads allowed,
 large batches and problems are split over threads made for the call. Same picks as the naive
 greedy; the reasoning is in ``docs/facility_location.md``.
@@ -38,7 +38,7 @@ from ._kernel_greedy import (
 )
 from ._kernel_similarity import BLOCK, NORM_MAX, gains_from_sums, pair_sums
 from ._problem import FacilityLocationResult, Problem, raise_first_bad_row, raise_too_large
-from ._torch import DENSE_MAX_ELEMENTS
+from ._torch import DENSE_MAX_ELEMENTS, compiled_route, from_products
 
 Array = npt.NDArray[Any]
 
@@ -52,10 +52,6 @@ _MATRIX_MAX = 2048
 # about 1.5 ms on one core here). Starting a thread costs about 0.1 ms; CREST's selection
 # (50 problems of 50 points, 1.3e6, 0.5 ms) gained 0–10% from two threads and is not split.
 _SPLIT_MIN_WORK = 4_000_000
-# Up to this many features the kernel computes distances itself; above, for features that are
-# not float64, they come from a float64 matrix product in PyTorch (faster there), when the
-# [B, n, n] matrix has at most DENSE_MAX_ELEMENTS elements
-LAZY_MAX_D = 64
 
 _MISSING = (
     "method='lazy' needs numba (pip install numba, or pip install 'coreset-sampler[fast]'); "
@@ -73,13 +69,7 @@ def suits(p: Problem) -> bool:
     similarity, no ``chunk_size``, at most ``LAZY_MAX_D`` features or the matrix-product
     route, and numba installed. ``method="auto"`` runs it once :func:`ready` for the working
     dtype (until then it is compiled in the background while the PyTorch solvers serve)."""
-    return (
-        p.features is not None
-        and p.chunk_size is None
-        and p.device.type == "cpu"
-        and (p.features.shape[-1] <= LAZY_MAX_D or _from_products(p))
-        and _jit.ENABLED
-    )
+    return compiled_route(p, DENSE_MAX_ELEMENTS) and _jit.ENABLED
 
 
 # dtypes the kernel is compiled for (or loaded from numba's disk cache), and those being compiled
@@ -178,15 +168,9 @@ def _output(
 
 
 def _from_products(p: Problem) -> bool:
-    """Whether the distances come from a float64 matrix product: more than ``LAZY_MAX_D``
-    features, not float64 (whose distances come from differences), and a ``[B, n, n]`` matrix
-    of at most ``DENSE_MAX_ELEMENTS``."""
-    assert p.features is not None
-    return (
-        p.features.shape[-1] > LAZY_MAX_D
-        and p.features.dtype != torch.float64
-        and p.batch * p.n * p.n <= DENSE_MAX_ELEMENTS
-    )
+    """Whether the distances come from a float64 matrix product (:func:`._torch.from_products`,
+    with this module's ``DENSE_MAX_ELEMENTS``)."""
+    return from_products(p, DENSE_MAX_ELEMENTS)
 
 
 def _raw_products(p: Problem, valid: Array) -> Tensor:

@@ -36,6 +36,10 @@ CHUNK_ELEMENTS = 1 << 18
 # A dense [batch, n, n] similarity is materialised (by "auto" and "incremental") only below
 # this many elements.
 DENSE_MAX_ELEMENTS = 1 << 25
+# Up to this many features the compiled kernel computes distances itself; above, for features
+# that are not float64, they come from a float64 matrix product in PyTorch (faster there), when
+# the [B, n, n] matrix has at most DENSE_MAX_ELEMENTS elements
+LAZY_MAX_D = 64
 
 Solution = tuple[Tensor, Tensor, Tensor]
 
@@ -410,3 +414,27 @@ def cluster_sizes(p: TorchProblem, indices: Tensor, *, share: bool = False) -> T
     out = torch.zeros_like(counts)
     out.scatter_(1, order, counts)
     return out if all_picked else torch.where(picked, out, 0.0)
+
+
+def compiled_route(p: Problem, dense_max: int = DENSE_MAX_ELEMENTS) -> bool:
+    """Whether ``p`` is a problem for the compiled kernel, numba aside (decided without
+    importing it): CPU features with a named similarity, no ``chunk_size``, at most
+    ``LAZY_MAX_D`` features or the matrix-product route (:func:`from_products`)."""
+    return (
+        p.features is not None
+        and p.chunk_size is None
+        and p.device.type == "cpu"
+        and (p.features.shape[-1] <= LAZY_MAX_D or from_products(p, dense_max))
+    )
+
+
+def from_products(p: Problem, dense_max: int = DENSE_MAX_ELEMENTS) -> bool:
+    """Whether the compiled kernel's distances come from a float64 matrix product: more than
+    ``LAZY_MAX_D`` features, not float64 (whose distances come from differences), and a
+    ``[B, n, n]`` matrix of at most ``dense_max`` elements."""
+    assert p.features is not None
+    return (
+        p.features.shape[-1] > LAZY_MAX_D
+        and p.features.dtype != torch.float64
+        and p.batch * p.n * p.n <= dense_max
+    )
