@@ -46,3 +46,28 @@ def test_a_batch_sampler_given_as_sampler_is_refused(num_workers: int) -> None:
     x, _, w = next(iter(right))
     assert x.shape == (8, 3) and w.shape == (8,)
     assert WithWeights(ds)[[1, 2]][0].shape == (2, 3)  # plain lists still reach the dataset
+
+
+@pytest.mark.parametrize("return_index", [False, True])
+def test_a_batch_of_items_is_the_items_one_by_one(return_index: bool) -> None:
+    """``__getitems__`` (one weight tensor per batch, split) gives what ``__getitem__`` gives
+    item by item: the same values, 0-d float32 weights and int64 indices, and the same
+    collated batch."""
+    from torch.utils.data import default_collate
+
+    x = torch.arange(12.0).reshape(6, 2)
+    indices = [WeightedIndex(4, 0.1), 2, WeightedIndex(5, 3.0), WeightedIndex(0, 1e-3)]
+    for ds in (TensorDataset(x, torch.arange(6)), x):  # tuple items, and items kept whole
+        wrapped = WithWeights(ds, return_index=return_index)
+        batch = wrapped.__getitems__(indices)
+        single = [wrapped[i] for i in indices]
+        assert len(batch) == len(single)
+        for got, want in zip(batch, single, strict=True):
+            assert len(got) == len(want)
+            for a, b in zip(got, want, strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        collated = default_collate(batch)
+        assert collated[-1 - return_index].dtype == torch.float32
+        for a, b in zip(collated, default_collate(single), strict=True):
+            assert torch.equal(a, b)
+    assert WithWeights(x).__getitems__([]) == []
