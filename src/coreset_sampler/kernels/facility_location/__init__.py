@@ -151,7 +151,8 @@ def greedy_facility_location(
     features with a named similarity: one fused launch per call up to 128 points, two per
     greedy step above), ``"auto"`` (lazy on CPU with numba for named similarities without
     ``chunk_size``, up to 64 features or, for features that are not float64, a small enough
-    batch; triton on CUDA float32 features with a named similarity, no ``chunk_size`` and at
+    batch, once the PyTorch solvers have spent 0.5 s on such problems and the kernel has
+    loaded in the background; triton on CUDA float32 features with a named similarity, no ``chunk_size`` and at
     most 128 points when Triton imports; else naive up to 128 points, incremental above). The
     exact methods pick alike.
     Costs, memory and exactness: ``docs/facility_location.md``.
