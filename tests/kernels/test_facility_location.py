@@ -714,10 +714,11 @@ def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_serve
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Until the PyTorch solvers have spent LOAD_AFTER_S seconds on problems the compiled kernel
-    would take, "auto" does not load it (a short run does not pay numba's import); then it
-    starts importing it in a background thread (once), does not wait for it, and answers with
-    the PyTorch solver in the kernel's arithmetic meanwhile; once imported, the kernel serves,
-    with the same picks. method="lazy" imports it in the caller's thread."""
+    would take, "auto" does not load it (a short run does not pay numba's import); the call
+    that crosses it starts importing and compiling it in a background thread (once), nothing
+    waits for it, and the PyTorch solver in the kernel's arithmetic answers meanwhile; once
+    ready, the kernel serves, with the same picks. method="lazy" imports it in the caller's
+    thread."""
     import itertools
     import threading
     from types import SimpleNamespace
@@ -732,6 +733,12 @@ def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_serve
             imported.append(name)
         return real_import(name)
 
+    compiled: list[torch.dtype] = []
+
+    def compile_now(dtype: torch.dtype) -> None:
+        compiled.append(dtype)
+        _lazy._compiled_for.add(dtype)
+
     clock = itertools.count(step=0.1)  # every solve takes 0.1 s
     monkeypatch.setattr(fl, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     monkeypatch.setattr(fl, "LOAD_AFTER_S", 0.25)
@@ -739,6 +746,9 @@ def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_serve
     monkeypatch.setattr(fl, "_module", None)
     monkeypatch.setattr(fl, "_loader", None)
     monkeypatch.setattr(fl.importlib, "import_module", slow_import)
+    monkeypatch.setattr(_lazy, "_compiled_for", set())
+    monkeypatch.setattr(_lazy, "_compiling", {})
+    monkeypatch.setattr(_lazy, "compile_now", compile_now)
     used: list[str] = []
     for key, solver in list(fl._SOLVERS.items()):
         monkeypatch.setitem(
@@ -746,21 +756,21 @@ def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_serve
         )
     x = rng_features(41, 4, 30, 5).float()
     first = greedy_facility_location(x, 6)
-    for _ in range(2):
-        greedy_facility_location(x, 6)
-    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.3)  # not yet
+    greedy_facility_location(x, 6)
+    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.2)  # not yet
     greedy_facility_location(x, 6, chunk_size=8)  # (a problem the kernel does not take)
-    assert fl._pytorch_seconds == pytest.approx(0.3)
-    second = greedy_facility_location(x, 6)  # (would hang 5 s here if it waited for the import)
+    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.2)
+    greedy_facility_location(x, 6)  # crosses LOAD_AFTER_S: starts loading, does not wait
     loader = fl._loader
     assert loader is not None and loader.is_alive() and imported == []
-    greedy_facility_location(x, 6)
-    assert used == ["naive-like-lazy"] * 3 + ["incremental"] + ["naive-like-lazy"] * 2
+    second = greedy_facility_location(x, 6)  # (would hang 5 s here if it waited)
+    assert used == ["naive-like-lazy"] * 2 + ["incremental"] + ["naive-like-lazy"] * 2
     gate.set()
     loader.join(5.0)
-    assert imported == [fl._LAZY] and fl._loader is loader  # one import, one thread
+    _lazy._compiling[torch.float32].join(5.0)
+    assert imported == [fl._LAZY] and compiled == [torch.float32] and fl._loader is loader
     third = greedy_facility_location(x, 6)
-    assert used[-1] == "lazy" and fl._pytorch_seconds == pytest.approx(0.5)
+    assert used[-1] == "lazy" and fl._pytorch_seconds == pytest.approx(0.4)
     assert torch.equal(first.indices, third.indices) and torch.equal(second.weights, third.weights)
     monkeypatch.setattr(fl, "_module", None)
     monkeypatch.setattr(fl, "_loader", None)

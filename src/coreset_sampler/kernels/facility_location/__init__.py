@@ -81,26 +81,26 @@ def _compiled() -> ModuleType:
     return _module
 
 
-def _compiled_if_loaded() -> ModuleType | None:
-    """The compiled solver's module once imported; until then ``None``, with its import started
-    in a background thread (once): ``"auto"`` does not make a selection wait for numba's
-    import, as it does not wait for the compilation (:func:`._lazy.ready`)."""
+def _start_loading(dtype: torch.dtype) -> None:
+    """Import the compiled solver's module and compile it for ``dtype`` in a background thread
+    (once): ``"auto"`` does not make a selection wait for numba's import, as it does not wait
+    for the compilation (:func:`._lazy.ready`)."""
     global _loader
-    if _module is None:
-        with _loader_lock:
-            if _loader is None:
-                _loader = threading.Thread(
-                    target=_import_quietly, name="coreset_sampler-import", daemon=True
-                )
-                _loader.start()
-    return _module
+    with _loader_lock:
+        if _loader is None:
+            _loader = threading.Thread(
+                target=_load_quietly, args=(dtype,), name="coreset_sampler-import", daemon=True
+            )
+            _loader.start()
 
 
-def _import_quietly() -> None:
+def _load_quietly(dtype: torch.dtype) -> None:
     try:
-        _compiled()
+        module = _compiled()
+        if module.available():
+            module.ready(dtype)  # (starts compiling in its own background thread)
     except Exception:  # (then "auto" keeps the PyTorch solvers; "lazy" raises in the caller)
-        logger.debug("importing the compiled kernel failed", exc_info=True)
+        logger.debug("loading the compiled kernel failed", exc_info=True)
 
 
 @functools.cache
@@ -152,9 +152,9 @@ def greedy_facility_location(
     greedy step above), ``"auto"`` (lazy on CPU with numba for named similarities without
     ``chunk_size``, up to 64 features or, for features that are not float64, a small enough
     batch, once the PyTorch solvers have spent 0.5 s on such problems and the kernel has
-    loaded in the background; triton on CUDA float32 features with a named similarity, no ``chunk_size`` and at
-    most 128 points when Triton imports; else naive up to 128 points, incremental above). The
-    exact methods pick alike.
+    loaded in the background; triton on CUDA float32 features with a named similarity, no
+    ``chunk_size`` and at most 128 points when Triton imports; else naive up to 128 points,
+    incremental above). The exact methods pick alike.
     Costs, memory and exactness: ``docs/facility_location.md``.
 
     Args:
@@ -222,7 +222,7 @@ def greedy_facility_location(
     start = time.perf_counter()
     result = solver(problem, generator)
     if route and name != "lazy":
-        _served_by_pytorch(time.perf_counter() - start)
+        _served_by_pytorch(time.perf_counter() - start, problem.dtype)
     if ties == "share":
         working = prepare(problem, "incremental")
         kmax = result.indices.shape[-1]
@@ -231,9 +231,14 @@ def greedy_facility_location(
     return result
 
 
-def _served_by_pytorch(seconds: float) -> None:
+def _served_by_pytorch(seconds: float, dtype: torch.dtype) -> None:
+    """Count time the PyTorch solvers spent on a problem the compiled kernel would take; past
+    ``LOAD_AFTER_S``, start loading the kernel (for the next call: a whole-set selection that
+    took long in PyTorch is followed by the kernel at the next one)."""
     global _pytorch_seconds
     _pytorch_seconds += seconds
+    if _module is None and _pytorch_seconds >= LOAD_AFTER_S:
+        _start_loading(dtype)
 
 
 def _auto(p: Problem, route: bool) -> str:
@@ -242,8 +247,6 @@ def _auto(p: Problem, route: bool) -> str:
     lazy = route
     if lazy:
         module = _module
-        if module is None and _pytorch_seconds >= LOAD_AFTER_S:
-            module = _compiled_if_loaded()
         if module is None:  # (not loaded: pick as it will)
             lazy = _numba_installed()
         else:

@@ -81,7 +81,8 @@ _compiling_lock = threading.Lock()
 def ready(dtype: torch.dtype) -> bool:
     """Whether the compiled kernel is ready for ``dtype`` features; if not, start compiling it
     in a background thread (once) and say no: a run would otherwise stall for the compilation
-    (about 20 s on a loaded 2-core machine, 0.35 s from numba's disk cache) in a selection. ``method="lazy"`` compiles in the caller's thread instead."""
+    (about 20 s on a loaded 2-core machine, 0.35 s from numba's disk cache) in a selection.
+    ``method="lazy"`` compiles in the caller's thread instead."""
     if dtype in _compiled_for:
         return True
     with _compiling_lock:
