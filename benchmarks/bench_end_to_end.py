@@ -51,6 +51,7 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +236,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           "max_steps", "arch")}  # fmt: skip
     print(f"{len(todo)} runs to do ({len(done)} reused), {args.jobs} at a time", flush=True)
     start = time.perf_counter()
-    # every run in a fresh interpreter (spawn, one run per worker process): a run pays its own
-    # first imports and warm-up (numba's, torch's), as a user's training script does, whatever
-    # ran before it
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        pending = [pool.apply_async(run_one, (n, s, opts)) for n, s in todo]
-        for job in pending:
-            result = job.get()
+    # every run in a fresh interpreter (spawn, one run per worker process from Python 3.11;
+    # workers are reused on 3.10): a run pays its own first imports and warm-up (numba's,
+    # torch's), as a user's training script does, whatever ran before it; a worker that dies
+    # raises BrokenProcessPool here
+    fresh: dict[str, Any] = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
+        futures = [pool.submit(run_one, n, s, opts) for n, s in todo]
+        for future in futures:
+            result = future.result()
             runs.append(result)
             with runs_path.open("a") as f:
                 f.write(json.dumps(result) + "\n")

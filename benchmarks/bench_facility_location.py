@@ -261,8 +261,11 @@ def ours_solver(method: str, seed: int, kind: str) -> Solver:
     import torch
 
     from coreset_sampler import greedy_facility_location
+    from coreset_sampler.kernels import load_compiled_kernel
 
     name = method.removeprefix("ours-")
+    if name == "auto":  # the kernel as a process that has selected for a while has it (setup)
+        load_compiled_kernel(torch.float32)
 
     def solve(x: np.ndarray, k: int) -> tuple[Selection, list[float] | None]:
         feats = torch.from_numpy(x[0] if x.shape[0] == 1 else x)

@@ -14,13 +14,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from coreset_sampler.kernels import facility_location
-from coreset_sampler.kernels.facility_location import _lazy
+from coreset_sampler.kernels import load_compiled_kernel
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _compiled_kernel() -> None:
-    facility_location._compiled()
-    if _lazy.available():
-        for dtype in (torch.float32, torch.float64):
-            _lazy.compile_now(dtype)
+    for dtype in (torch.float32, torch.float64):
+        load_compiled_kernel(dtype)

@@ -3,6 +3,7 @@ references."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -709,74 +710,136 @@ def test_auto_compiles_in_the_background_and_serves_with_pytorch_meanwhile(
     assert torch.equal(explicit.indices, third.indices)
 
 
-@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
-def test_auto_loads_the_compiled_kernel_in_the_background_once_pytorch_has_served_long_enough(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Until the PyTorch solvers have spent LOAD_AFTER_S seconds on problems the compiled kernel
-    would take, "auto" does not load it (a short run does not pay numba's import); the call
-    that crosses it starts importing and compiling it in a background thread (once), nothing
-    waits for it, and the PyTorch solver in the kernel's arithmetic answers meanwhile; once
-    ready, the kernel serves, with the same picks. method="lazy" imports it in the caller's
-    thread."""
+@pytest.fixture
+def unloaded_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The compiled kernel as in a fresh process (not imported, not compiled, no PyTorch time
+    counted), every solve taking 0.1 s on a fake clock, LOAD_AFTER_S = 0.25, compilations held
+    until ``gate`` is set; records the solvers used, the imports and the compilations."""
     import itertools
     import threading
     from types import SimpleNamespace
 
-    gate = threading.Event()
-    imported: list[str] = []
-    real_import = fl.importlib.import_module
+    state: dict[str, object] = {"gate": threading.Event(), "used": [], "imported": [],
+                                "compiled": []}  # fmt: skip
+    real_import = importlib.import_module
 
-    def slow_import(name: str) -> object:
+    def import_module(name: str) -> object:
         if name == fl._LAZY:
-            gate.wait(5.0)
-            imported.append(name)
+            state["imported"].append(name)  # type: ignore[attr-defined]
         return real_import(name)
 
-    compiled: list[torch.dtype] = []
-
     def compile_now(dtype: torch.dtype) -> None:
-        compiled.append(dtype)
+        state["gate"].wait(5.0)  # type: ignore[attr-defined]
+        state["compiled"].append(dtype)  # type: ignore[attr-defined]
+        state["compiled_in"] = threading.current_thread()
         _lazy._compiled_for.add(dtype)
 
-    clock = itertools.count(step=0.1)  # every solve takes 0.1 s
+    fl._numba_installed()  # (cached before importlib is replaced below)
+    clock = itertools.count(step=0.1)
     monkeypatch.setattr(fl, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(fl, "importlib", SimpleNamespace(import_module=import_module))
     monkeypatch.setattr(fl, "LOAD_AFTER_S", 0.25)
-    monkeypatch.setattr(fl, "_pytorch_seconds", 0.0)
-    monkeypatch.setattr(fl, "_module", None)
-    monkeypatch.setattr(fl, "_loader", None)
-    monkeypatch.setattr(fl.importlib, "import_module", slow_import)
+    for name, value in (("_pytorch_seconds", 0.0), ("_last_seconds", 0.0), ("_module", None),
+                        ("_load_failed", False)):  # fmt: skip
+        monkeypatch.setattr(fl, name, value)
     monkeypatch.setattr(_lazy, "_compiled_for", set())
     monkeypatch.setattr(_lazy, "_compiling", {})
     monkeypatch.setattr(_lazy, "compile_now", compile_now)
-    used: list[str] = []
     for key, solver in list(fl._SOLVERS.items()):
         monkeypatch.setitem(
-            fl._SOLVERS, key, lambda p, g, name=key[0], f=solver: used.append(name) or f(p, g)
-        )
+            fl._SOLVERS, key,
+            lambda p, g, name=key[0], f=solver: state["used"].append(name) or f(p, g),
+        )  # fmt: skip
+    return state
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_loads_the_compiled_kernel_once_pytorch_has_served_long_enough(
+    unloaded_kernel: dict[str, object],
+) -> None:
+    """Until the PyTorch solvers have spent LOAD_AFTER_S seconds on problems the compiled kernel
+    would take, "auto" does not load it (a short run does not pay numba's import); the call
+    that crosses it imports it and starts compiling it for its dtype in the background, nothing
+    waits for the compilation after a short call, and the PyTorch solver in the kernel's
+    arithmetic answers meanwhile; once compiled, the kernel serves, with the same picks."""
+    used, imported, compiled = (unloaded_kernel[k] for k in ("used", "imported", "compiled"))
     x = rng_features(41, 4, 30, 5).float()
     first = greedy_facility_location(x, 6)
     greedy_facility_location(x, 6)
-    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.2)  # not yet
+    assert imported == [] and fl._pytorch_seconds == pytest.approx(0.2)  # not yet
     greedy_facility_location(x, 6, chunk_size=8)  # (a problem the kernel does not take)
-    assert fl._loader is None and fl._pytorch_seconds == pytest.approx(0.2)
-    greedy_facility_location(x, 6)  # crosses LOAD_AFTER_S: starts loading, does not wait
-    loader = fl._loader
-    assert loader is not None and loader.is_alive() and imported == []
+    assert imported == [] and fl._pytorch_seconds == pytest.approx(0.2)
+    greedy_facility_location(x, 6)  # crosses LOAD_AFTER_S: imports, starts compiling
+    assert imported == [fl._LAZY] and fl._module is _lazy
+    thread = _lazy._compiling[torch.float32]
+    assert thread.is_alive() and compiled == []
     second = greedy_facility_location(x, 6)  # (would hang 5 s here if it waited)
     assert used == ["naive-like-lazy"] * 2 + ["incremental"] + ["naive-like-lazy"] * 2
-    gate.set()
-    loader.join(5.0)
-    _lazy._compiling[torch.float32].join(5.0)
-    assert imported == [fl._LAZY] and compiled == [torch.float32] and fl._loader is loader
+    unloaded_kernel["gate"].set()  # type: ignore[attr-defined]
+    thread.join(5.0)
+    assert compiled == [torch.float32] and imported == [fl._LAZY]  # once
     third = greedy_facility_location(x, 6)
     assert used[-1] == "lazy" and fl._pytorch_seconds == pytest.approx(0.4)
     assert torch.equal(first.indices, third.indices) and torch.equal(second.weights, third.weights)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_waits_for_the_compilation_after_a_long_pytorch_call(
+    unloaded_kernel: dict[str, object],
+) -> None:
+    """After a PyTorch call longer than LOAD_AFTER_S (a large problem), the next call waits up
+    to that long for the compilation under way rather than run PyTorch again."""
+    import threading
+
+    x = rng_features(42, 2, 30, 5).float()
+    greedy_facility_location(x, 6)
+    fl._served_by_pytorch(2.0, torch.float32)  # (as if a large problem had taken 2 s)
+    assert fl._module is _lazy and torch.float32 in _lazy._compiling
+    threading.Timer(0.2, unloaded_kernel["gate"].set).start()  # type: ignore[attr-defined]
+    greedy_facility_location(x, 6)
+    assert unloaded_kernel["used"] == ["naive-like-lazy", "lazy"]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_load_compiled_kernel_makes_auto_use_it_from_the_next_call(
+    unloaded_kernel: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    unloaded_kernel["gate"].set()  # type: ignore[attr-defined]
+    assert fl.load_compiled_kernel(torch.float32) is True
+    assert unloaded_kernel["imported"] == [fl._LAZY]
+    assert unloaded_kernel["compiled"] == [torch.float32]
+    assert unloaded_kernel["compiled_in"] is threading.main_thread()  # (now, here)
+    greedy_facility_location(rng_features(44, 2, 30, 5).float(), 6)
+    assert unloaded_kernel["used"] == ["lazy"] and fl._pytorch_seconds == 0.0
+    with pytest.raises(ValueError, match=r"dtype should be torch\.float32 or torch\.float64"):
+        fl.load_compiled_kernel(torch.float16)
+    monkeypatch.setattr(_lazy._jit, "ENABLED", False)
+    assert fl.load_compiled_kernel(torch.float64) is False
+    assert unloaded_kernel["compiled"] == [torch.float32]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_without_a_usable_numba_never_changes_solver(
+    unloaded_kernel: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numba installed but broken: the kernel's module loads, says it cannot run, and "auto"
+    keeps the solver it used before (no timing-dependent switch to the float32 naive greedy).
+    numba not installed: nothing is imported."""
+    monkeypatch.setattr(_lazy._jit, "ENABLED", False)
+    monkeypatch.setattr(_lazy._jit, "IMPORT_ERROR", ImportError("numba is broken"))
+    x = rng_features(43, 3, 30, 5).float()
+    for _ in range(4):
+        greedy_facility_location(x, 6)
+    assert unloaded_kernel["imported"] == [fl._LAZY] and _lazy._compiling == {}
+    assert unloaded_kernel["used"] == ["naive-like-lazy"] * 4
     monkeypatch.setattr(fl, "_module", None)
-    monkeypatch.setattr(fl, "_loader", None)
-    explicit = greedy_facility_location(x, 6, method="lazy")  # imports in this thread
-    assert fl._module is not None and fl._loader is None
-    assert torch.equal(explicit.indices, third.indices)
+    monkeypatch.setattr(fl, "_numba_installed", lambda: False)
+    for _ in range(4):
+        greedy_facility_location(x, 6)
+    assert unloaded_kernel["imported"] == [fl._LAZY] and fl._module is None
+    assert unloaded_kernel["used"][4:] == ["naive"] * 4
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
@@ -794,7 +857,7 @@ def test_picks_made_while_the_kernel_loads_are_the_kernels_on_near_ties(
     plain = greedy_facility_location(x, 12, method="naive", ties="share")
     # (the reason for the rule; the kernel's float64 sums may round otherwise on another CPU)
     assert bool((plain.indices != lazy.indices).any(-1).any())
-    monkeypatch.setattr(_lazy, "ready", lambda dtype: False)  # still loading
+    monkeypatch.setattr(_lazy, "ready", lambda dtype, wait=0.0: False)  # still loading
     meanwhile = greedy_facility_location(x, 12, ties="share")
     assert torch.equal(meanwhile.indices, lazy.indices)
     assert torch.equal(meanwhile.weights, lazy.weights)

@@ -21,7 +21,6 @@ import functools
 import importlib
 import importlib.util
 import logging
-import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -38,7 +37,13 @@ from ._torch import cluster_sizes, compiled_route, materialises, prepare
 
 TIES = ("lowest", "share")
 
-__all__ = ["FacilityLocationResult", "Method", "SimilarityName", "greedy_facility_location"]
+__all__ = [
+    "FacilityLocationResult",
+    "Method",
+    "SimilarityName",
+    "greedy_facility_location",
+    "load_compiled_kernel",
+]
 
 # "auto" runs the naive dense greedy on problems up to this size (when the matrix is small),
 # the incremental one above
@@ -49,22 +54,22 @@ Solver = Callable[[Problem, "torch.Generator | None"], FacilityLocationResult]
 
 logger = logging.getLogger(__name__)
 
-# the compiled solver's module: it imports numba, so only when first asked for, and by "auto"
-# in a background thread once the PyTorch solvers have served it LOAD_AFTER_S seconds
+# The compiled solver's module imports numba: only when first asked for. "auto" serves the
+# problems the compiled kernel would take with the PyTorch solvers (which pick alike) until they
+# have spent LOAD_AFTER_S seconds on them; the call that crosses it imports the module (about
+# 0.2 s, in the caller's thread: a fork during a background import could leave a child process
+# waiting for ever on numba's import lock) and starts compiling in a background thread (0.35 s
+# from numba's disk cache, about 20 s the first time). Loading costs a run's training steps
+# too: a 470-step CREST run on an MLP took 2.5 s without it and 3.2 s with it, its 14
+# selections costing 0.12 s in PyTorch. Paying for the kernel only after as much time in
+# PyTorch keeps a run within about twice the cheaper of the two when the kernel is in numba's
+# cache (ski rental).
 _LAZY = "coreset_sampler.kernels.facility_location._lazy"
 _module: ModuleType | None = None
-_loader: threading.Thread | None = None
-_loader_lock = threading.Lock()
-# "auto" serves the problems the compiled kernel would take with the PyTorch solvers (which pick
-# alike) until they have spent this many seconds on them, and only then loads the kernel in the
-# background. Loading costs about 0.5 s of CPU on a 2-core machine from numba's disk cache
-# (import 0.2 s, the cache 0.35 s; about 20 s to compile the first time), which a short run
-# pays in its training steps too: a 470-step CREST run on an MLP took 2.5 s without it and
-# 3.2 s with it, its 14 selections costing 0.12 s in PyTorch. Paying for the kernel only after
-# as much time in PyTorch keeps a run within about twice the cheaper of the two when the
-# kernel is in numba's cache (ski rental).
 LOAD_AFTER_S = 0.5
-_pytorch_seconds = 0.0
+_pytorch_seconds = 0.0  # spent by the PyTorch solvers on problems the kernel would take
+_last_seconds = 0.0  # the last of those calls
+_load_failed = False
 
 
 def _solve_lazy(problem: Problem, generator: torch.Generator | None) -> FacilityLocationResult:
@@ -73,40 +78,67 @@ def _solve_lazy(problem: Problem, generator: torch.Generator | None) -> Facility
 
 
 def _compiled() -> ModuleType:
-    """The compiled solver's module, imported in this thread if it is not yet (waiting for a
-    background import under way)."""
+    """The compiled solver's module, imported in this thread if it is not yet."""
     global _module
     if _module is None:
         _module = importlib.import_module(_LAZY)
     return _module
 
 
-def _start_loading(dtype: torch.dtype) -> None:
-    """Import the compiled solver's module and compile it for ``dtype`` in a background thread
-    (once): ``"auto"`` does not make a selection wait for numba's import, as it does not wait
-    for the compilation (:func:`._lazy.ready`)."""
-    global _loader
-    with _loader_lock:
-        if _loader is None:
-            _loader = threading.Thread(
-                target=_load_quietly, args=(dtype,), name="coreset_sampler-import", daemon=True
-            )
-            _loader.start()
-
-
-def _load_quietly(dtype: torch.dtype) -> None:
+def _load(dtype: torch.dtype) -> None:
+    """Import the compiled solver's module (here) and start compiling it for ``dtype`` in a
+    background thread (:func:`._lazy.ready`); once: a failure is logged, and "auto" keeps the
+    PyTorch solvers."""
+    global _load_failed
     try:
         module = _compiled()
         if module.available():
-            module.ready(dtype)  # (starts compiling in its own background thread)
-    except Exception:  # (then "auto" keeps the PyTorch solvers; "lazy" raises in the caller)
-        logger.debug("loading the compiled kernel failed", exc_info=True)
+            module.ready(dtype)
+        else:
+            logger.warning(
+                "numba is installed but does not import (%s): the facility-location greedy "
+                "runs in PyTorch",
+                module.import_error(),
+            )
+    except Exception:
+        _load_failed = True
+        logger.warning("loading the compiled facility-location kernel failed", exc_info=True)
+
+
+def load_compiled_kernel(dtype: torch.dtype = torch.float32) -> bool:
+    """Import and compile the numba kernel now, in this thread, so that ``method="auto"`` uses
+    it from the next call on the CPU problems it takes.
+
+    By default ``"auto"`` loads it only once the PyTorch solvers have spent 0.5 s on such
+    problems (loading costs about as much CPU from numba's disk cache, and about 20 s to
+    compile the first time): call this first when a process will select for long, or to time
+    the kernel itself.
+
+    Args:
+        dtype: the features' dtype to compile for, ``torch.float32`` or ``torch.float64``
+            (half precision is computed in float32).
+
+    Returns:
+        Whether the compiled kernel is available (``False`` without a working numba).
+
+    Examples:
+        >>> import torch
+        >>> if load_compiled_kernel(torch.float32):
+        ...     out = greedy_facility_location(torch.randn(4, 30, 5), 6)  # the kernel serves
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype should be torch.float32 or torch.float64, but got {dtype}")
+    module = _compiled()
+    if not module.available():
+        return False
+    module.compile_now(dtype)
+    return True
 
 
 @functools.cache
 def _numba_installed() -> bool:
-    """Whether numba can be found (not imported): while the compiled solver's module loads,
-    ``"auto"`` picks as that solver will."""
+    """Whether numba can be found (not imported): until the compiled solver is ready, "auto"
+    picks as that solver will."""
     return importlib.util.find_spec("numba") is not None
 
 
@@ -233,12 +265,13 @@ def greedy_facility_location(
 
 def _served_by_pytorch(seconds: float, dtype: torch.dtype) -> None:
     """Count time the PyTorch solvers spent on a problem the compiled kernel would take; past
-    ``LOAD_AFTER_S``, start loading the kernel (for the next call: a whole-set selection that
-    took long in PyTorch is followed by the kernel at the next one)."""
-    global _pytorch_seconds
+    ``LOAD_AFTER_S``, load the kernel (:func:`_load`)."""
+    global _pytorch_seconds, _last_seconds
     _pytorch_seconds += seconds
-    if _module is None and _pytorch_seconds >= LOAD_AFTER_S:
-        _start_loading(dtype)
+    _last_seconds = seconds
+    ripe = _pytorch_seconds >= LOAD_AFTER_S and _numba_installed()
+    if ripe and _module is None and not _load_failed:
+        _load(dtype)
 
 
 def _auto(p: Problem, route: bool) -> str:
@@ -247,11 +280,15 @@ def _auto(p: Problem, route: bool) -> str:
     lazy = route
     if lazy:
         module = _module
-        if module is None:  # (not loaded: pick as it will)
+        if module is None or not module.available():  # (not loaded: pick as it will)
             lazy = _numba_installed()
         else:
             lazy = module.suits(p)
-            if lazy and module.ready(p.dtype):
+            # after a PyTorch call of more than LOAD_AFTER_S, waiting as long for the
+            # compilation under way costs less than another such call (a large problem solved
+            # again and again)
+            wait = _last_seconds if _last_seconds >= LOAD_AFTER_S else 0.0
+            if lazy and module.ready(p.dtype, wait=wait):
                 return "lazy"
     if _triton.fits(p):
         return "triton"

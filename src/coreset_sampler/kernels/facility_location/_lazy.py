@@ -78,22 +78,31 @@ _compiling: dict[torch.dtype, threading.Thread] = {}
 _compiling_lock = threading.Lock()
 
 
-def ready(dtype: torch.dtype) -> bool:
+def ready(dtype: torch.dtype, wait: float = 0.0) -> bool:
     """Whether the compiled kernel is ready for ``dtype`` features; if not, start compiling it
-    in a background thread (once) and say no: a run would otherwise stall for the compilation
-    (about 20 s on a loaded 2-core machine, 0.35 s from numba's disk cache) in a selection.
-    ``method="lazy"`` compiles in the caller's thread instead."""
+    in a background thread (once), wait for it up to ``wait`` seconds, and say whether it is
+    ready then: a run would otherwise stall for the compilation (about 20 s on a loaded 2-core
+    machine, 0.35 s from numba's disk cache) in a selection. ``method="lazy"`` compiles in the
+    caller's thread instead."""
     if dtype in _compiled_for:
         return True
     with _compiling_lock:
-        if dtype not in _compiling:
+        thread = _compiling.get(dtype)
+        if thread is None:
             thread = threading.Thread(
                 target=_compile_quietly, args=(dtype,), name="coreset_sampler-compile",
                 daemon=True,
             )  # fmt: skip
             _compiling[dtype] = thread
             thread.start()
-    return False
+    if wait > 0:
+        thread.join(wait)
+    return dtype in _compiled_for
+
+
+def import_error() -> BaseException | None:
+    """Why numba did not import (``None`` when it did)."""
+    return _jit.IMPORT_ERROR
 
 
 def compile_now(dtype: torch.dtype = torch.float32) -> None:
