@@ -726,6 +726,9 @@ def unloaded_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     def import_module(name: str) -> object:
         if name == fl._LAZY:
             state["imported"].append(name)  # type: ignore[attr-defined]
+            state["imported_in"] = threading.current_thread()
+            if state.get("import_fails"):
+                raise ImportError("cannot import the kernel")
         return real_import(name)
 
     def compile_now(dtype: torch.dtype) -> None:
@@ -739,8 +742,8 @@ def unloaded_kernel(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setattr(fl, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     monkeypatch.setattr(fl, "importlib", SimpleNamespace(import_module=import_module))
     monkeypatch.setattr(fl, "LOAD_AFTER_S", 0.25)
-    for name, value in (("_pytorch_seconds", 0.0), ("_last_seconds", 0.0), ("_module", None),
-                        ("_load_failed", False)):  # fmt: skip
+    for name, value in (("_pytorch_seconds", 0.0), ("_last_call", (0.0, 1)), ("_module", None),
+                        ("_load_failed", False), ("_waited", set())):  # fmt: skip
         monkeypatch.setattr(fl, name, value)
     monkeypatch.setattr(_lazy, "_compiled_for", set())
     monkeypatch.setattr(_lazy, "_compiling", {})
@@ -771,6 +774,9 @@ def test_auto_loads_the_compiled_kernel_once_pytorch_has_served_long_enough(
     assert imported == [] and fl._pytorch_seconds == pytest.approx(0.2)
     greedy_facility_location(x, 6)  # crosses LOAD_AFTER_S: imports, starts compiling
     assert imported == [fl._LAZY] and fl._module is _lazy
+    import threading
+
+    assert unloaded_kernel["imported_in"] is threading.current_thread()  # (not in a thread)
     thread = _lazy._compiling[torch.float32]
     assert thread.is_alive() and compiled == []
     second = greedy_facility_location(x, 6)  # (would hang 5 s here if it waited)
@@ -784,20 +790,42 @@ def test_auto_loads_the_compiled_kernel_once_pytorch_has_served_long_enough(
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
-def test_auto_waits_for_the_compilation_after_a_long_pytorch_call(
+def test_auto_waits_for_the_compilation_once_and_only_for_a_problem_pytorch_would_take_long_on(
     unloaded_kernel: dict[str, object],
 ) -> None:
-    """After a PyTorch call longer than LOAD_AFTER_S (a large problem), the next call waits up
-    to that long for the compilation under way rather than run PyTorch again."""
+    """After a PyTorch call longer than LOAD_AFTER_S (a large problem), the next call of that
+    size waits up to as long for the compilation under way rather than run PyTorch again; a
+    small problem does not wait, and a compilation that outlasts the wait is waited for once
+    per dtype, not before every call."""
     import threading
+    import time
 
-    x = rng_features(42, 2, 30, 5).float()
-    greedy_facility_location(x, 6)
-    fl._served_by_pytorch(2.0, torch.float32)  # (as if a large problem had taken 2 s)
+    large = rng_features(42, 2, 30, 5).float()
+    small = large[:1, :10]
+    greedy_facility_location(large, 6)
+    problem = fl.describe(large, 6, None, "neg_distance", 0.1, None)
+    fl._served_by_pytorch(2.0, problem)  # (as if this problem had taken PyTorch 2 s)
     assert fl._module is _lazy and torch.float32 in _lazy._compiling
+    start = time.perf_counter()
+    greedy_facility_location(small, 3)  # 1/18 of the work: about 0.1 s, no wait
+    assert time.perf_counter() - start < 1.0 and fl._waited == set()
     threading.Timer(0.2, unloaded_kernel["gate"].set).start()  # type: ignore[attr-defined]
-    greedy_facility_location(x, 6)
-    assert unloaded_kernel["used"] == ["naive-like-lazy", "lazy"]
+    greedy_facility_location(large, 6)  # waits for the compilation
+    assert unloaded_kernel["used"] == ["naive-like-lazy"] * 2 + ["lazy"]
+    assert fl._waited == {torch.float32}
+    # float64: its compilation held; one bounded wait (the estimate), then no more waiting
+    unloaded_kernel["gate"].clear()  # type: ignore[attr-defined]
+    fl._served_by_pytorch(0.6, fl.describe(large.double(), 6, None, "neg_distance", 0.1, None))
+    start = time.perf_counter()
+    greedy_facility_location(large.double(), 6)
+    assert 0.5 < time.perf_counter() - start < 3.0 and fl._waited == {torch.float32, torch.float64}
+    fl._served_by_pytorch(0.6, fl.describe(large.double(), 6, None, "neg_distance", 0.1, None))
+    start = time.perf_counter()
+    greedy_facility_location(large.double(), 6)  # (as long a problem, but waited for once)
+    assert time.perf_counter() - start < 0.5
+    assert unloaded_kernel["used"][-2:] == ["naive-like-lazy"] * 2
+    unloaded_kernel["gate"].set()  # type: ignore[attr-defined]
+    _lazy._compiling[torch.float64].join(5.0)
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
@@ -822,24 +850,55 @@ def test_load_compiled_kernel_makes_auto_use_it_from_the_next_call(
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 def test_auto_without_a_usable_numba_never_changes_solver(
-    unloaded_kernel: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    unloaded_kernel: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """numba installed but broken: the kernel's module loads, says it cannot run, and "auto"
     keeps the solver it used before (no timing-dependent switch to the float32 naive greedy).
     numba not installed: nothing is imported."""
+    import logging
+
     monkeypatch.setattr(_lazy._jit, "ENABLED", False)
     monkeypatch.setattr(_lazy._jit, "IMPORT_ERROR", ImportError("numba is broken"))
     x = rng_features(43, 3, 30, 5).float()
-    for _ in range(4):
-        greedy_facility_location(x, 6)
+    with caplog.at_level(logging.WARNING, logger=fl.__name__):
+        for _ in range(4):
+            greedy_facility_location(x, 6)
     assert unloaded_kernel["imported"] == [fl._LAZY] and _lazy._compiling == {}
     assert unloaded_kernel["used"] == ["naive-like-lazy"] * 4
+    said = [r.getMessage() for r in caplog.records if "does not import" in r.getMessage()]
+    assert said == ["numba is installed but does not import (numba is broken): the "
+                    "facility-location greedy runs in PyTorch"]  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=fl.__name__):
+        assert fl.load_compiled_kernel() is False  # (and says why)
+    assert [r.getMessage() for r in caplog.records] == said
     monkeypatch.setattr(fl, "_module", None)
     monkeypatch.setattr(fl, "_numba_installed", lambda: False)
     for _ in range(4):
         greedy_facility_location(x, 6)
     assert unloaded_kernel["imported"] == [fl._LAZY] and fl._module is None
     assert unloaded_kernel["used"][4:] == ["naive"] * 4
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_auto_after_a_failed_import_warns_once_and_stays_on_pytorch(
+    unloaded_kernel: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    unloaded_kernel["import_fails"] = True
+    x = rng_features(45, 3, 30, 5).float()
+    with caplog.at_level(logging.WARNING, logger=fl.__name__):
+        for _ in range(5):
+            greedy_facility_location(x, 6)
+    assert unloaded_kernel["imported"] == [fl._LAZY]  # tried once, not again
+    assert fl._load_failed and fl._module is None
+    assert unloaded_kernel["used"] == ["naive-like-lazy"] * 5
+    assert [r.getMessage() for r in caplog.records] == [
+        "loading the compiled facility-location kernel failed"
+    ]
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")

@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -68,7 +69,9 @@ _LAZY = "coreset_sampler.kernels.facility_location._lazy"
 _module: ModuleType | None = None
 LOAD_AFTER_S = 0.5
 _pytorch_seconds = 0.0  # spent by the PyTorch solvers on problems the kernel would take
-_last_seconds = 0.0  # the last of those calls
+_last_call = (0.0, 1)  # (seconds, work) of the last of those calls
+_waited: set[torch.dtype] = set()  # dtypes "auto" has waited for the compilation of, once
+_load_lock = threading.Lock()
 _load_failed = False
 
 
@@ -90,19 +93,26 @@ def _load(dtype: torch.dtype) -> None:
     background thread (:func:`._lazy.ready`); once: a failure is logged, and "auto" keeps the
     PyTorch solvers."""
     global _load_failed
-    try:
-        module = _compiled()
-        if module.available():
-            module.ready(dtype)
-        else:
-            logger.warning(
-                "numba is installed but does not import (%s): the facility-location greedy "
-                "runs in PyTorch",
-                module.import_error(),
-            )
-    except Exception:
-        _load_failed = True
-        logger.warning("loading the compiled facility-location kernel failed", exc_info=True)
+    with _load_lock:
+        if _module is not None or _load_failed:
+            return
+        try:
+            module = _compiled()
+        except Exception:
+            _load_failed = True
+            logger.warning("loading the compiled facility-location kernel failed", exc_info=True)
+            return
+    if module.available():
+        module.ready(dtype)
+    else:
+        _warn_unusable(module)
+
+
+def _warn_unusable(module: ModuleType) -> None:
+    logger.warning(
+        "numba is installed but does not import (%s): the facility-location greedy runs in PyTorch",
+        module.import_error(),
+    )
 
 
 def load_compiled_kernel(dtype: torch.dtype = torch.float32) -> bool:
@@ -116,20 +126,30 @@ def load_compiled_kernel(dtype: torch.dtype = torch.float32) -> bool:
 
     Args:
         dtype: the features' dtype to compile for, ``torch.float32`` or ``torch.float64``
-            (half precision is computed in float32).
+            (pass ``torch.float32`` for half-precision features, which are computed in float32).
 
     Returns:
-        Whether the compiled kernel is available (``False`` without a working numba).
+        Whether the compiled kernel is available (``False`` without a working numba, with a
+        warning when numba is installed but does not import).
+
+    Raises:
+        TypeError: ``dtype`` is not a ``torch.dtype``.
+        ValueError: ``dtype`` is not float32 or float64.
+        Exception: whatever numba raises if the compilation fails.
 
     Examples:
         >>> import torch
         >>> if load_compiled_kernel(torch.float32):
         ...     out = greedy_facility_location(torch.randn(4, 30, 5), 6)  # the kernel serves
     """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype should be a torch.dtype, but got {type(dtype).__name__}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype should be torch.float32 or torch.float64, but got {dtype}")
     module = _compiled()
     if not module.available():
+        if _numba_installed():
+            _warn_unusable(module)
         return False
     module.compile_now(dtype)
     return True
@@ -184,7 +204,7 @@ def greedy_facility_location(
     greedy step above), ``"auto"`` (lazy on CPU with numba for named similarities without
     ``chunk_size``, up to 64 features or, for features that are not float64, a small enough
     batch, once the PyTorch solvers have spent 0.5 s on such problems and the kernel has
-    loaded in the background; triton on CUDA float32 features with a named similarity, no
+    compiled in the background; triton on CUDA float32 features with a named similarity, no
     ``chunk_size`` and at most 128 points when Triton imports; else naive up to 128 points,
     incremental above). The exact methods pick alike.
     Costs, memory and exactness: ``docs/facility_location.md``.
@@ -254,7 +274,7 @@ def greedy_facility_location(
     start = time.perf_counter()
     result = solver(problem, generator)
     if route and name != "lazy":
-        _served_by_pytorch(time.perf_counter() - start, problem.dtype)
+        _served_by_pytorch(time.perf_counter() - start, problem)
     if ties == "share":
         working = prepare(problem, "incremental")
         kmax = result.indices.shape[-1]
@@ -263,15 +283,37 @@ def greedy_facility_location(
     return result
 
 
-def _served_by_pytorch(seconds: float, dtype: torch.dtype) -> None:
+def _served_by_pytorch(seconds: float, p: Problem) -> None:
     """Count time the PyTorch solvers spent on a problem the compiled kernel would take; past
     ``LOAD_AFTER_S``, load the kernel (:func:`_load`)."""
-    global _pytorch_seconds, _last_seconds
+    global _pytorch_seconds, _last_call
     _pytorch_seconds += seconds
-    _last_seconds = seconds
+    _last_call = (seconds, _work(p))
     ripe = _pytorch_seconds >= LOAD_AFTER_S and _numba_installed()
     if ripe and _module is None and not _load_failed:
-        _load(dtype)
+        _load(p.dtype)
+
+
+def _work(p: Problem) -> int:
+    """A problem's size for the greedy: problems × points² × features."""
+    assert p.features is not None
+    return max(1, p.batch * p.n * p.n * int(p.features.shape[-1]))
+
+
+def _wait_for(p: Problem) -> float:
+    """How long "auto" waits for the compilation under way before serving ``p`` with PyTorch:
+    once per dtype, and only for a problem that PyTorch would take more than ``LOAD_AFTER_S``
+    on (estimated from the last PyTorch call, in proportion to the work): waiting that long
+    costs no more than solving it; a small call after a large one does not wait, and a cold
+    compilation (about 20 s) is waited for once, not before every call."""
+    if p.dtype in _waited:
+        return 0.0
+    seconds, work = _last_call
+    estimate = seconds * _work(p) / work
+    if estimate < LOAD_AFTER_S:
+        return 0.0
+    _waited.add(p.dtype)
+    return estimate
 
 
 def _auto(p: Problem, route: bool) -> str:
@@ -284,11 +326,7 @@ def _auto(p: Problem, route: bool) -> str:
             lazy = _numba_installed()
         else:
             lazy = module.suits(p)
-            # after a PyTorch call of more than LOAD_AFTER_S, waiting as long for the
-            # compilation under way costs less than another such call (a large problem solved
-            # again and again)
-            wait = _last_seconds if _last_seconds >= LOAD_AFTER_S else 0.0
-            if lazy and module.ready(p.dtype, wait=wait):
+            if lazy and (module.ready(p.dtype) or module.ready(p.dtype, wait=_wait_for(p))):
                 return "lazy"
     if _triton.fits(p):
         return "triton"

@@ -122,7 +122,7 @@ def _compile_quietly(dtype: torch.dtype) -> None:
     try:
         compile_now(dtype)
     except Exception:  # (then "auto" keeps the PyTorch solvers; "lazy" raises in the caller)
-        logger.debug("compiling the kernel for %s failed", dtype, exc_info=True)
+        logger.warning("compiling the kernel for %s failed", dtype, exc_info=True)
 
 
 def solve_problem(p: Problem, generator: torch.Generator | None = None) -> FacilityLocationResult:
