@@ -88,30 +88,27 @@ class WithWeights(Dataset[tuple[Any, ...]]):
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         _check_index(index)
-        return self._attach(self.dataset[index], index)
+        return _join(self.dataset[index], self._extras([index])[0])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, ...]]:
         for i in indices:
             _check_index(i)
         getitems = getattr(self.dataset, "__getitems__", None)
         items = getitems(indices) if callable(getitems) else [self.dataset[i] for i in indices]
-        # one tensor per batch, split into 0-d views: a tensor made per example cost 3 µs each
-        # here, 0.37 ms of a batch of 128 (more than the batch's images)
+        extras = self._extras(indices)
+        return [_join(item, extra) for item, extra in zip(items, extras, strict=True)]
+
+    def _extras(self, indices: list[Any]) -> list[tuple[Tensor, ...]]:
+        """The weight (and index) to append to each of ``indices``' items: 0-d views of one
+        tensor per call (a tensor made per example cost 3 µs each here, 0.37 ms of a batch of
+        128, more than the batch's images)."""
         weights = torch.tensor(
             [float(getattr(i, "weight", 1.0)) for i in indices], dtype=torch.float32
         ).unbind(0)
-        extras: list[tuple[Tensor, ...]] = [(w,) for w in weights]
-        if self.return_index:
-            ids = torch.tensor([int(i) for i in indices], dtype=torch.int64).unbind(0)
-            extras = [(w, j) for w, j in zip(weights, ids, strict=True)]
-        return [_join(item, extra) for item, extra in zip(items, extras, strict=True)]
-
-    def _attach(self, item: Any, index: int) -> tuple[Any, ...]:
-        weight = torch.tensor(float(getattr(index, "weight", 1.0)), dtype=torch.float32)
-        extra: tuple[Any, ...] = (weight,)
-        if self.return_index:
-            extra = (weight, torch.tensor(int(index), dtype=torch.int64))
-        return _join(item, extra)
+        if not self.return_index:
+            return [(w,) for w in weights]
+        ids = torch.tensor([int(i) for i in indices], dtype=torch.int64).unbind(0)
+        return list(zip(weights, ids, strict=True))
 
 
 def _join(item: Any, extra: tuple[Any, ...]) -> tuple[Any, ...]:
