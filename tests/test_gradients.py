@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from coreset_sampler.gradients import (
+    _cross_entropy_losses_and_grad,
     cross_entropy_head_terms,
     cross_entropy_logit_grad,
     cross_entropy_logit_hessian_diag,
@@ -103,6 +104,54 @@ def test_cross_entropy_logit_grad_ignore_index_rows_are_zero() -> None:
     assert torch.equal(custom[1], torch.zeros(3, dtype=DT))
     with pytest.raises(ValueError, match=r"target contains class -100, outside \[0, 3\)"):
         cross_entropy_logit_grad(logits, torch.tensor([0, -100, 2, 1]), ignore_index=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "int32", "one_row", "weight", "smoothing", "ignored_row", "ignore_in_range",
+     "probabilities", "empty"],
+)  # fmt: skip
+def test_losses_and_grad_in_one_call_equal_the_two_apart_bit_for_bit(
+    case: str, dtype: torch.dtype
+) -> None:
+    """The proxy pass's one call gives what ``F.cross_entropy(reduction='none')`` and
+    :func:`cross_entropy_logit_grad` give, to the last bit, in its fast case and every other."""
+    g = torch.Generator().manual_seed(3)
+    n, c = (1 if case == "one_row" else 0 if case == "empty" else 64), 10
+    logits = 4 * torch.randn(n, c, generator=g, dtype=dtype)
+    target: Tensor = torch.randint(0, c, (n,), generator=g)
+    kw: dict[str, object] = {}
+    if case == "int32":
+        target = target.to(torch.int32)
+    elif case == "weight":
+        kw["weight"] = torch.rand(c, generator=g, dtype=dtype) + 0.1
+    elif case == "smoothing":
+        kw["label_smoothing"] = 0.1
+    elif case == "ignored_row":
+        target[5] = -100
+    elif case == "ignore_in_range":
+        kw["ignore_index"] = 3
+    elif case == "probabilities":
+        target = torch.softmax(torch.randn(n, c, generator=g, dtype=dtype), 1)
+    losses, grads = _cross_entropy_losses_and_grad(logits, target, **kw)  # type: ignore[arg-type]
+    ce_kw = {**kw, "weight": kw.get("weight")}
+    want_losses = F.cross_entropy(
+        logits, target if target.is_floating_point() else target.long(), reduction="none", **ce_kw
+    )  # type: ignore[arg-type]
+    want_grads = cross_entropy_logit_grad(logits, target, **kw)  # type: ignore[arg-type]
+    assert losses.dtype == grads.dtype == dtype
+    assert torch.equal(losses, want_losses) and torch.equal(grads, want_grads)
+
+
+def test_losses_and_grad_in_one_call_reject_a_class_out_of_range() -> None:
+    logits = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match=r"target contains class 4, outside \[0, 4\)"):
+        _cross_entropy_losses_and_grad(logits, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"target contains class -1, outside \[0, 4\)"):
+        _cross_entropy_losses_and_grad(logits, torch.tensor([0, -1, 1]))
+    with pytest.raises(ValueError, match=r"class-index target should have shape \(3,\)"):
+        _cross_entropy_losses_and_grad(logits, torch.tensor([[0], [2], [1]]))
 
 
 @settings(max_examples=25, deadline=None)

@@ -367,6 +367,9 @@ def test_head_record_looks_up_rows_across_parts_added_after_a_lookup() -> None:
     g = torch.Generator().manual_seed(0)
     parts = [(torch.randn(n, 2, generator=g), torch.randn(n, 3, generator=g)) for n in (4, 3)]
     record.add([10, 11, 12, 13], *parts[0], torch.tensor([0, 1, 0, 1]))
+    assert record.lookup([10]) is None  # (no record begun at these parameters)
+    record.begin()
+    record.add([10, 11, 12, 13], *parts[0], torch.tensor([0, 1, 0, 1]))
     logits, feats, targets = record.lookup([12, 10])  # type: ignore[misc]
     assert torch.equal(logits, parts[0][0][[2, 0]]) and torch.equal(targets, torch.tensor([0, 0]))
     record.add([20, 21, 22], *parts[1], torch.tensor([1, 1, 0]))

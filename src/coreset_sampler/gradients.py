@@ -95,6 +95,51 @@ def cross_entropy_logit_grad(
     return a.sum(dim=1, keepdim=True) * p - a
 
 
+def _cross_entropy_losses_and_grad(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> tuple[Tensor, Tensor]:
+    """The ``reduction='none'`` cross-entropy and :func:`cross_entropy_logit_grad` of the same
+    logits, equal bit for bit to the two computed apart. The common case (class indices in
+    range, no class weights, no smoothing) takes five tensor operations instead of about twenty
+    (the proxy pass runs this once per chunk of a pool)."""
+    n_cls = logits.shape[-1] if logits.ndim == 2 else 0
+    plain = (
+        weight is None
+        and label_smoothing == 0.0
+        and logits.ndim == 2
+        and logits.is_floating_point()
+        and isinstance(target, Tensor)
+        and target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        and target.shape == (logits.shape[0],)
+        and logits.shape[0] > 0
+        and not 0 <= ignore_index < n_cls
+    )
+    if plain:
+        t = target.to(device=logits.device, dtype=torch.long)
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()
+        plain = lo >= 0 and hi < n_cls
+    if not plain:  # (the gradient first: it checks the targets, with a clear message)
+        grad = cross_entropy_logit_grad(
+            logits, target, weight=weight, label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+        )  # fmt: skip
+        losses = F.cross_entropy(
+            logits, target, weight=None if weight is None else weight.to(logits),
+            label_smoothing=label_smoothing, ignore_index=ignore_index, reduction="none",
+        )  # fmt: skip
+        return losses, grad
+    losses = F.nll_loss(torch.log_softmax(logits, dim=1), t, reduction="none")
+    grad = torch.softmax(logits, dim=1)
+    # p − onehot(y): the general formula's s·p − a with s = 1 and a = onehot, exactly
+    grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.shape[0], 1), -1.0))
+    return losses, grad
+
+
 def cross_entropy_logit_hessian_diag(
     logits: Tensor,
     target: Tensor,

@@ -33,8 +33,8 @@ from coreset_sampler._checks import (
 from coreset_sampler._nn import eval_mode, to_device, unwrap
 from coreset_sampler.gradients import (
     PerSampleLossFn,
+    _cross_entropy_losses_and_grad,
     cross_entropy_head_terms,
-    cross_entropy_logit_grad,
     cross_entropy_logit_hessian_diag,
     last_layer_grad,
     logit_grad,
@@ -274,7 +274,7 @@ class GradientProxyCallback:
         idx = check_indices(indices)
         proxies: list[Tensor] = []
         losses: list[Tensor] = []
-        self._record.clear()
+        self._record.begin()
         with eval_mode(self.model), self._fork_rng(), torch.no_grad():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
@@ -332,7 +332,7 @@ class GradientProxyCallback:
         idx = check_indices(indices)
         found = self._record.lookup(idx)
         if found is None:
-            self._record.clear()
+            self._record.begin()
             with eval_mode(self.model), self._fork_rng(), torch.no_grad():
                 for start in range(0, len(idx), self.batch_size):
                     self._forward(idx[start : start + self.batch_size], features=True)
@@ -422,13 +422,13 @@ class GradientProxyCallback:
     def _proxies_of(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         wanted = self.proxy == "last_layer" or self.head_parameters() is not None
         outputs, targets, feats = self._forward(indices, features=wanted)
-        losses = self._per_sample(outputs, targets)
         if self._loss == "cross_entropy":
-            g = cross_entropy_logit_grad(
+            losses, g = _cross_entropy_losses_and_grad(
                 outputs, targets, weight=self.weight, label_smoothing=self.label_smoothing
             )
         else:
             assert callable(self._loss)
+            losses = self._per_sample(outputs, targets)
             g = logit_grad(outputs, targets, self._loss)
         if self.proxy == "last_layer":
             if feats is None:
@@ -492,11 +492,13 @@ class _HeadRecord:
         self.parts: list[tuple[Tensor, Tensor, Any]] = []
         self.version: tuple[int, ...] | None = None
 
+    def begin(self) -> None:
+        """Start a record at the model's current parameters (one forward pass's chunks follow;
+        the parameters cannot change between them)."""
+        self.clear()
+        self.version = self._version()
+
     def add(self, indices: list[int], logits: Tensor, feats: Tensor, targets: Any) -> None:
-        version = self._version()
-        if self.version != version:
-            self.clear()
-            self.version = version
         offset = sum(part[0].shape[0] for part in self.parts)
         self.parts.append((logits, feats, targets))
         for k, i in enumerate(indices):
