@@ -10,6 +10,8 @@ the same data, the same model and the same batch size, examples per second of:
 * ``callback``: ``GradientProxyCallback.proxies_and_losses(indices)`` (load, forward, losses,
   logit gradients, the head record for the closed-form quadratic model), loading with
   ``train_set.batch``;
+* ``callback, no fold``: the same with ``fold_batchnorm=False`` (the model's BatchNorms run
+  as they are instead of folded into their convolutions; the same for a model without any);
 * ``callback (dataset)``: the same, built as the README builds it, from the dataset (its
   ``__getitems__``, then ``default_collate``);
 * ``losses``: ``GradientProxyCallback.per_sample_loss`` under ``torch.no_grad`` (a check);
@@ -75,6 +77,9 @@ def calls_for(
     chunks = [indices[s : s + args.batch_size] for s in range(0, len(indices), args.batch_size)]
     gathered = [train_set.batch(c)[0] for c in chunks]
     callback = GradientProxyCallback(model, train_set.batch, batch_size=args.batch_size)
+    unfolded = GradientProxyCallback(
+        model, train_set.batch, batch_size=args.batch_size, fold_batchnorm=False
+    )
     # as the README builds it: items through the dataset's __getitems__ and default_collate
     from_dataset = GradientProxyCallback(model, train_set, batch_size=args.batch_size)
 
@@ -92,6 +97,9 @@ def calls_for(
 
     def proxies() -> None:
         callback.proxies_and_losses(indices)
+
+    def proxies_unfolded() -> None:
+        unfolded.proxies_and_losses(indices)
 
     def proxies_from_dataset() -> None:
         from_dataset.proxies_and_losses(indices)
@@ -117,6 +125,7 @@ def calls_for(
         "bare": bare,
         "bare+load": bare_load,
         "callback": proxies,
+        "callback, no fold": proxies_unfolded,
         "callback (dataset)": proxies_from_dataset,
         "losses": losses,
         "train step": train,

@@ -488,6 +488,7 @@ def test_bench_proxies_runs(arch: str, fashion_dir: tuple[Path, dict[str, Any]])
             "bare",
             "bare+load",
             "callback",
+            "callback, no fold",
             "callback (dataset)",
             "losses",
             "train step",

@@ -189,6 +189,30 @@ def test_a_model_it_cannot_fold_runs_as_it_is(make: Any) -> None:
     assert not run.folded(model) and run._traced is None
 
 
+def test_a_model_without_a_pair_to_fold_is_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Tracing runs the model's forward on symbolic values: only where a fold may apply.)"""
+    traced: list[nn.Module] = []
+    trace = fx.symbolic_trace
+
+    def recording(model: nn.Module) -> fx.GraphModule:
+        traced.append(model)
+        return trace(model)
+
+    monkeypatch.setattr(fx, "symbolic_trace", recording)
+    one_kind = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.BatchNorm1d(4))  # (no pair)
+    for model in (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), one_kind):
+        run = FoldedForward()
+        x = torch.randn(5, 4) if isinstance(model[0], nn.Linear) else torch.randn(5, 2, 3, 3)
+        with torch.no_grad():
+            assert torch.equal(run(model.eval(), x), model(x))
+        assert not run.folded(model)
+    assert traced == []
+    plain = _Plain().eval()
+    with torch.no_grad():
+        FoldedForward()(plain, torch.randn(5, 2, 6, 6))
+    assert traced == [plain]
+
+
 def test_a_subclassed_batchnorm_is_not_folded() -> None:
     model = _Plain()
     model.features[1] = _DoubledBatchNorm(4)
