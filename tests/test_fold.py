@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.utils.data import TensorDataset
 
-from coreset_sampler import GradientProxyCallback
-from coreset_sampler._fold import FoldedForward, _ConvBatchNorm
+from coreset_sampler import GradientProxyCallback, _fold
+from coreset_sampler._fold import FoldedForward, _close, find_pairs
 
 DT = torch.float64
 
@@ -53,17 +53,58 @@ class _Residual(nn.Module):
 
 
 class _Shared(nn.Module):
-    """A convolution whose output also bypasses its BatchNorm: that pair cannot fold."""
+    """A convolution whose output also bypasses its BatchNorm (that pair cannot fold), then a
+    pair that can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        z = self.bn2(self.conv2(self.bn(y) + y))
+        out: Tensor = self.fc(z.mean(dim=(2, 3)))
+        return out
+
+
+class _Reused(nn.Module):
+    """One convolution called twice, once before its BatchNorm: it cannot fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc((self.bn(self.conv(x)) + self.conv(x)).mean(dim=(2, 3)))
+        return out
+
+
+class _Switch(nn.Module):
+    """Python state the trace would bake in: a temperature, a BatchNorm that can be skipped,
+    an attribute set by every forward, a convolution called by keyword."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.bn = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
         self.fc = nn.Linear(4, 3)
+        self.temperature, self.use_bn, self.scale_first = 1.0, True, False
+        self.last: Any = "unset"
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
-        out: Tensor = self.fc((self.bn(y) + y).mean(dim=(2, 3)))
+        y = self.conv(input=x)
+        if self.scale_first:
+            y = 2.0 * y
+        h = (self.bn(y) if self.use_bn else y).mean(dim=(2, 3))
+        self.last = h
+        out: Tensor = self.fc(h) / self.temperature
         return out
+
+
+class _Head(nn.Linear):
+    """The user's own head class (tracing goes into it)."""
 
 
 class _OneD(nn.Module):
@@ -129,9 +170,22 @@ def _trained(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     return model.eval()
 
 
-def _folds(run: FoldedForward) -> int:
-    assert run._traced is not None
-    return sum(isinstance(m, _ConvBatchNorm) for m in run._traced.modules())
+def _x(shape: tuple[int, ...]) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+
+
+def _class_calls(monkeypatch: pytest.MonkeyPatch, *classes: type[nn.Module]) -> list[str]:
+    """Count the calls of these classes' own ``forward``."""
+    calls: list[str] = []
+    for cls in classes:
+        own = cls.forward
+
+        def counted(self: nn.Module, *a: Any, _own: Any = own, **k: Any) -> Any:
+            calls.append(type(self).__name__)
+            return _own(self, *a, **k)
+
+        monkeypatch.setattr(cls, "forward", counted)
+    return calls
 
 
 CASES: list[tuple[Any, tuple[int, ...], int]] = [
@@ -140,114 +194,207 @@ CASES: list[tuple[Any, tuple[int, ...], int]] = [
     (_Residual, (5, 2, 6, 6), 3),
     (_OneD, (5, 2, 8), 1),
     (_ThreeD, (5, 2, 3, 3, 3), 1),
+    (_Shared, (5, 2, 6, 6), 1),
 ]
 
 
 @pytest.mark.parametrize(("make", "shape", "pairs"), CASES)
-def test_the_folded_forward_gives_the_models_outputs(make: Any, shape: Any, pairs: int) -> None:
+def test_the_folded_forward_gives_the_models_outputs(
+    make: Any, shape: Any, pairs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = _trained(make(), shape)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    x = _x(shape)
     run = FoldedForward()
     with torch.no_grad():
         want = model(x)
-        first, second = run(model, x), run(model, x)  # (checked, then folded alone)
-    assert run.folded(model) and _folds(run) == pairs
+        first = run(model, x)  # (checked against the model)
+        calls = _class_calls(monkeypatch, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+        second = run(model, x)
+    assert len(run.pairs(model)) == pairs
+    batchnorms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert len(calls) == batchnorms - pairs  # (a folded BatchNorm does not normalise)
     torch.testing.assert_close(first, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(second, want, rtol=1e-12, atol=1e-12)
 
 
 def test_the_fold_follows_the_current_weights_statistics_and_modules() -> None:
     model = _trained(_Plain(), (5, 2, 6, 6))
-    x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    x = _x((5, 2, 6, 6))
     run = FoldedForward()
     states = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         run(model, x)
+        run(model, x)
         for k, v in model.state_dict().items():  # (the fold changed nothing of the model's)
             assert torch.equal(v, states[k]), k
         assert not any(m.training for m in model.modules())
+        assert not any("forward" in m.__dict__ for m in model.modules())
         model.features[0].weight.mul_(1.5)
         model.features[1].running_var.add_(0.3)
         model.features[4].bias.sub_(0.2)
         torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
-        model.features[4] = nn.BatchNorm2d(6).to(DT).eval()  # (a module replaced: traced anew)
+        model.features[4] = nn.BatchNorm2d(6).to(DT).eval()  # (a module replaced: found anew)
         model.features[4].running_mean.fill_(0.5)
         torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
-    assert run.folded(model) and _folds(run) == 2
-    assert not set(map(id, run._traced.parameters())) - set(map(id, model.parameters()))  # type: ignore[union-attr]
+        run(model, x)
+        assert len(run.pairs(model)) == 2
+        model.to(torch.float32)  # (a dtype change: the fold computes in the weights' dtype)
+        torch.testing.assert_close(run(model, x.float()), model(x.float()))
+    assert len(run.pairs(model)) == 2
 
 
-@pytest.mark.parametrize("make", [_Branchy, _Shared, lambda: nn.Sequential(nn.Linear(4, 3))])
+def test_python_state_and_keywords_stay_live() -> None:
+    """The model's own code runs: an attribute changed later counts, an attribute its forward
+    sets is set, a BatchNorm skipped later is not applied by the folded convolution, and the
+    trace's symbolic values never stay in the model."""
+    model = _trained(_Switch(), (5, 2, 6, 6))
+    x = _x((5, 2, 6, 6))
+    run = FoldedForward()
+    assert len(find_pairs(model)) == 1 and model.last == "unset"  # (restored after the trace)
+    with torch.no_grad():
+        run(model, x)
+        run(model, x)
+        assert len(run.pairs(model)) == 1 and isinstance(model.last, Tensor)
+        model.temperature = 3.0
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        model.scale_first = True  # (the BatchNorm gets another tensor: it normalises it, and
+        assert torch.equal(run(model, x), model(x))  # the pass runs again, unfolded)
+        assert run.pairs(model) == []  # (and the pair is not folded again)
+        model.scale_first = False
+        run = FoldedForward()
+        run(model, x)
+        assert len(run.pairs(model)) == 1
+        model.use_bn = False  # (the folded output would reach the head: run again, unfolded)
+        assert torch.equal(run(model, x), model(x))
+        assert run.pairs(model) == []
+
+
+def test_hooks_on_a_pair_keep_it_unfolded_and_pre_hooks_are_honoured() -> None:
+    model = _trained(_Plain(), (5, 2, 6, 6))
+    x = _x((5, 2, 6, 6))
+    run = FoldedForward()
+    seen: list[Tensor] = []
+    with torch.no_grad():
+        run(model, x)
+        handle = model.features[1].register_forward_hook(lambda m, a, o: seen.append(o))
+        assert len(run.pairs(model)) == 1  # (the hooked BatchNorm's pair is left as it is)
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        want = model.features[1](model.features[0](x))
+        torch.testing.assert_close(seen[0], want, rtol=1e-12, atol=1e-12)
+        handle.remove()
+        assert len(run.pairs(model)) == 2
+        handle = model.features[3].register_forward_hook(lambda m, a, o: seen.append(o))
+        assert len(run.pairs(model)) == 1  # (a hooked convolution too)
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(seen[-1], seen[-2], rtol=1e-12, atol=1e-12)  # (its own)
+        handle.remove()
+        conv = model.features[3]  # (a forward of the instance's own: left alone, kept)
+        conv.forward = lambda input: 2.0 * nn.Conv2d.forward(conv, input)
+        assert len(run.pairs(model)) == 1
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        assert "forward" in conv.__dict__
+        del conv.forward
+        # a pre-hook that sets the weight (as weight_norm's does) runs before the fold reads it
+        conv = model.features[0]
+        base = conv.weight.detach().clone()
+        del conv.weight
+        conv.register_forward_pre_hook(lambda m, a: setattr(m, "weight", 2.0 * base))
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        assert len(run.pairs(model)) == 2
+
+
+@pytest.mark.parametrize("make", [_Branchy, _Reused, lambda: nn.Sequential(nn.Linear(4, 3))])
 def test_a_model_it_cannot_fold_runs_as_it_is(make: Any) -> None:
     model = _trained(make(), (5, 2, 6, 6))
     shape = (5, 4) if isinstance(model, nn.Sequential) else (5, 2, 6, 6)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    x = _x(shape)
     run = FoldedForward()
     with torch.no_grad():
         for _ in range(2):
             assert torch.equal(run(model, x), model(x))
-    assert not run.folded(model) and run._traced is None
+    assert run.pairs(model) == [] and find_pairs(model) == []
 
 
 def test_a_model_without_a_pair_to_fold_is_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
     """(Tracing runs the model's forward on symbolic values: only where a fold may apply.)"""
     traced: list[nn.Module] = []
-    trace = fx.symbolic_trace
+    trace = fx.Tracer.trace
 
-    def recording(model: nn.Module) -> fx.GraphModule:
+    def recording(self: fx.Tracer, model: nn.Module, *a: Any, **k: Any) -> fx.Graph:
         traced.append(model)
-        return trace(model)
+        return trace(self, model, *a, **k)
 
-    monkeypatch.setattr(fx, "symbolic_trace", recording)
+    monkeypatch.setattr(fx.Tracer, "trace", recording)
     one_kind = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.BatchNorm1d(4))  # (no pair)
     for model in (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), one_kind):
-        run = FoldedForward()
-        x = torch.randn(5, 4) if isinstance(model[0], nn.Linear) else torch.randn(5, 2, 3, 3)
-        with torch.no_grad():
-            assert torch.equal(run(model.eval(), x), model(x))
-        assert not run.folded(model)
+        assert find_pairs(model) == []
     assert traced == []
-    plain = _Plain().eval()
-    with torch.no_grad():
-        FoldedForward()(plain, torch.randn(5, 2, 6, 6))
-    assert traced == [plain]
+    plain = _Plain()
+    assert len(find_pairs(plain)) == 2 and traced == [plain]
 
 
 def test_a_subclassed_batchnorm_is_not_folded() -> None:
     model = _Plain()
     model.features[1] = _DoubledBatchNorm(4)
     model = _trained(model, (5, 2, 6, 6))
-    x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    x = _x((5, 2, 6, 6))
     run = FoldedForward()
     with torch.no_grad():
+        run(model, x)
         torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
-    assert run.folded(model) and _folds(run) == 1  # (only the second pair)
+    assert len(run.pairs(model)) == 1  # (only the second pair)
 
 
-def test_a_fold_that_disagrees_with_the_model_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fold_that_disagrees_or_fails_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _trained(_Plain(), (5, 2, 6, 6))
-    x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
-    monkeypatch.setattr(_ConvBatchNorm, "forward", lambda self, x: 1.01 * self.conv(x))
-    run = FoldedForward()
-    with torch.no_grad():
-        for _ in range(2):
-            assert torch.equal(run(model, x), model(x))
-    assert not run.folded(model)
+    x = _x((5, 2, 6, 6))
+    real = _fold.fold_conv_bn
+    for wrong in (lambda c, b, x: 1.01 * real(c, b, x), lambda c, b, x: 1 / 0):
+        monkeypatch.setattr(_fold, "fold_conv_bn", wrong)
+        run = FoldedForward()
+        with torch.no_grad():
+            for _ in range(2):
+                assert torch.equal(run(model, x), model(x))
+        assert run.pairs(model) == []
+        assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_the_check_compares_every_entry() -> None:
+    w = torch.tensor([[1.0, float("nan"), float("inf")], [2.0, 3.0, -float("inf")]])
+    assert _close(w.clone(), w)
+    assert _close(w + 1e-6, w)
+    assert not _close(w * 1.01, w)  # (a wrong fold, though some outputs are not finite)
+    assert not _close(w.nan_to_num(), w)
+    flipped = w.clone()
+    flipped[0, 2] = -float("inf")
+    assert not _close(flipped, w)
+    assert not _close(w.double(), w) and not _close(w[:1], w) and not _close((w,), w)
+    assert _close(torch.full((2,), float("nan")), torch.full((2,), float("nan")))
+    half = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)).bfloat16()
+    assert _close(half * (1 + 2**-8), half) and not _close(half * 1.2, half)
 
 
 def test_the_callback_folds_its_proxy_pass_only() -> None:
     """Proxies and losses with the fold equal those without; the head's record still serves
-    the closed-form terms without another forward pass; ``per_sample_loss`` runs the model."""
+    the closed-form terms without another forward pass; ``per_sample_loss`` runs the model;
+    a head of the user's own class still reports its features."""
     model = _trained(_Residual(), (5, 2, 6, 6))
+    head = _Head(4, 3).to(DT)
+    head.load_state_dict(model.fc.state_dict())
+    model.fc = head
     g = torch.Generator().manual_seed(2)
     ds = TensorDataset(torch.randn(40, 2, 6, 6, generator=g, dtype=DT), torch.randint(0, 3, (40,)))
-    folded = GradientProxyCallback(model, ds, batch_size=16)
-    plain = GradientProxyCallback(model, ds, batch_size=16, fold_batchnorm=False)
+    folded = GradientProxyCallback(model, ds, batch_size=16, proxy="last_layer")
+    plain = GradientProxyCallback(
+        model, ds, batch_size=16, proxy="last_layer", fold_batchnorm=False
+    )
     idx = list(range(0, 40, 2))
     p1, l1 = folded.proxies_and_losses(idx)
     p2, l2 = plain.proxies_and_losses(idx)
-    assert folded._folded.folded(model) and not plain._folded.folded(model)
-    torch.testing.assert_close(p1, p2, rtol=1e-10, atol=1e-12)
+    p3, _ = folded.proxies_and_losses(idx)  # (after the check)
+    assert len(folded._folded.pairs(model)) == 3 and plain._folded.pairs(model) == []
+    for p in (p1, p3):
+        torch.testing.assert_close(p, p2, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(l1, l2, rtol=1e-10, atol=1e-12)
     calls: list[int] = []
     handle = model.fc.register_forward_hook(lambda *_: calls.append(1))
@@ -267,12 +414,33 @@ def test_the_callback_folds_its_proxy_pass_only() -> None:
         GradientProxyCallback(model, ds, fold_batchnorm=1)  # type: ignore[arg-type]
 
 
-def test_the_traced_graph_calls_the_folded_modules() -> None:
-    """(The fold is in the graph: no BatchNorm is called any more.)"""
+def test_global_hooks_and_mixed_dtypes() -> None:
+    """A global forward hook sees every module's own output (no fold then); a bfloat16
+    convolution before a float32 BatchNorm folds in the convolution's dtype."""
     model = _trained(_Plain(), (5, 2, 6, 6))
+    x = _x((5, 2, 6, 6))
     run = FoldedForward()
+    seen: list[Tensor] = []
+
+    def hook(m: nn.Module, a: Any, out: Any) -> None:
+        if m is model.features[0]:
+            seen.append(out)
+
     with torch.no_grad():
-        run(model, torch.randn(5, 2, 6, 6, dtype=DT))
-    assert isinstance(run._traced, fx.GraphModule)
-    called = {n.target for n in run._traced.graph.nodes if n.op == "call_module"}
-    assert not any(isinstance(run._traced.get_submodule(t), nn.BatchNorm2d) for t in called)
+        run(model, x)
+        handle = nn.modules.module.register_module_forward_hook(hook)
+        try:
+            torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        finally:
+            handle.remove()
+        assert len(seen) == 2 and torch.equal(seen[0], seen[1])  # (the raw convolution twice)
+        mixed = _trained(_Plain(), (5, 2, 6, 6)).to(torch.bfloat16)
+        for i in (1, 4):  # (BatchNorms kept in float32, as mixed-precision recipes do)
+            mixed.features[i].float()
+        xb = x.to(torch.bfloat16)
+        want = mixed(xb)
+        run = FoldedForward()
+        run(mixed, xb)
+        got = run(mixed, xb)
+        assert len(run.pairs(mixed)) == 2 and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

@@ -114,7 +114,7 @@ def _cross_entropy_losses_and_grad(
         and logits.ndim == 2
         and logits.is_floating_point()
         and isinstance(target, Tensor)
-        and target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        and target.dtype in (torch.int64, torch.uint8)  # (what F.cross_entropy accepts)
         and target.shape == (logits.shape[0],)
         and logits.shape[0] > 0
         and not 0 <= ignore_index < n_cls
@@ -134,9 +134,9 @@ def _cross_entropy_losses_and_grad(
         )  # fmt: skip
         return losses, grad
     losses = F.nll_loss(torch.log_softmax(logits, dim=1), t, reduction="none")
-    grad = torch.softmax(logits, dim=1)
     # p − onehot(y): the general formula's s·p − a with s = 1 and a = onehot, exactly
-    grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.shape[0], 1), -1.0))
+    probs = torch.softmax(logits, dim=1)
+    grad = probs.scatter_add(1, t.unsqueeze(1), probs.new_full((t.shape[0], 1), -1.0))
     return losses, grad
 
 
