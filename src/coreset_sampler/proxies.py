@@ -179,11 +179,14 @@ class GradientProxyCallback:
         fold_batchnorm: run the proxy pass with each BatchNorm that follows a convolution
             folded into it (in eval mode both are affine, so one convolution with the folded
             weight and bias gives the same outputs up to rounding, in one pass over the
-            activations instead of two: the example SmallCNN's proxy pass took about 10% less
-            time on a CPU). A model with such a pair is traced once with
-            :func:`torch.fx.symbolic_trace` and the fold checked against the model on the first
-            batch; a model without one is not traced, and one that cannot be traced or
-            disagrees runs as it is. :meth:`per_sample_loss` always runs the model itself.
+            activations instead of two: the example SmallCNN's proxy pass took 10 to 15% less
+            time on a CPU). The pairs are found once with a :mod:`torch.fx` trace (a model
+            without a convolution and BatchNorm of one kind is not traced); the model itself
+            then runs, with each paired convolution's ``forward`` computing the folded
+            convolution and its BatchNorm's passing that output through, for the duration of
+            the pass. A pair whose modules have forward hooks is not folded, the first folded
+            batch is checked against the model, and on any disagreement or error the model
+            runs as it is. :meth:`per_sample_loss` never folds.
 
     Raises:
         TypeError: on arguments of the wrong type.
