@@ -349,7 +349,12 @@ def test_a_fold_that_disagrees_or_fails_is_dropped(monkeypatch: pytest.MonkeyPat
     model = _trained(_Plain(), (5, 2, 6, 6))
     x = _x((5, 2, 6, 6))
     real = _fold.fold_conv_bn
-    for wrong in (lambda c, b, x: 1.01 * real(c, b, x), lambda c, b, x: 1 / 0):
+
+    def scaled(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
+        weight, bias = real(conv, bn)
+        return 1.01 * weight, bias
+
+    for wrong in (scaled, lambda c, b: 1 / 0):
         monkeypatch.setattr(_fold, "fold_conv_bn", wrong)
         run = FoldedForward()
         with torch.no_grad():
@@ -444,3 +449,137 @@ def test_global_hooks_and_mixed_dtypes() -> None:
         got = run(mixed, xb)
         assert len(run.pairs(mixed)) == 2 and got.dtype == torch.bfloat16
         torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+class _Modes(nn.Module):
+    """Uses of a convolution's output that only show at run time (the trace saw none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        self.mode = "plain"
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        if self.mode == "in_place":
+            y.add_(1.0)
+        if self.mode == "relu_":
+            y = torch.relu_(y)
+        if self.mode == "stored":
+            h = y
+        else:
+            h = self.bn(self.conv(2.0 * x)) + self.bn(y) if self.mode == "twice" else self.bn(y)
+        if self.mode == "reuse":
+            h = h + y
+        if self.mode == "metadata" and y.shape[1] != 4:  # (reading the shape is no use)
+            raise AssertionError
+        if self.mode == "returned":
+            return y
+        if self.mode == "stored":  # (the output kept aside, its BatchNorm skipped)
+            self.stored = y
+            return self.fc(torch.zeros(x.shape[0], 4, dtype=x.dtype))
+        out: Tensor = self.fc(h.mean(dim=(2, 3)))
+        return out
+
+
+@pytest.mark.parametrize(
+    "mode", ["in_place", "relu_", "twice", "reuse", "returned", "stored", "metadata"]
+)
+def test_a_folded_output_used_elsewhere_at_run_time_is_caught(mode: str) -> None:
+    model = _trained(_Modes(), (5, 2, 6, 6))
+    x = _x((5, 2, 6, 6))
+    run = FoldedForward()
+    with torch.no_grad():
+        run(model, x)
+        run(model, x)
+        assert len(run.pairs(model)) == 1
+        model.mode = mode
+        got = run(model, x)
+        if mode == "stored":
+            torch.testing.assert_close(model.stored, model.conv(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, model(x), rtol=1e-12, atol=1e-12)
+        assert len(run.pairs(model)) == (1 if mode == "metadata" else 0)
+
+
+def test_hooks_that_would_see_a_folded_value_keep_the_pair_unfolded() -> None:
+    """On the BatchNorm (a pre-hook), or on a module holding the BatchNorm but not its
+    convolution: they see the convolution's own output."""
+    model = _trained(
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()),
+            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        ),
+        (5, 2, 6, 6),
+    )  # fmt: skip
+    x = _x((5, 2, 6, 6))
+    run = FoldedForward()
+    seen: list[Tensor] = []
+    with torch.no_grad():
+        run(model, x)
+        assert len(run.pairs(model)) == 2
+        raw = model[0](x)
+        for module in (model[1], model[1][0]):
+            handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+            assert len(run.pairs(model)) == 1
+            torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(seen[-2], raw, rtol=1e-12, atol=1e-12)
+            handle.remove()
+        assert len(run.pairs(model)) == 2
+
+
+def test_a_pair_folded_later_is_checked_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _trained(_Plain(), (5, 2, 6, 6))
+    x = _x((5, 2, 6, 6))
+    real = _fold.fold_conv_bn
+
+    def wrong_second(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
+        weight, bias = real(conv, bn)
+        return (1.5 * weight if conv is model.features[3] else weight), bias
+
+    monkeypatch.setattr(_fold, "fold_conv_bn", wrong_second)
+    run = FoldedForward()
+    with torch.no_grad():
+        handle = model.features[4].register_forward_hook(lambda *_: None)
+        run(model, x)
+        assert len(run.pairs(model)) == 1  # (the first pair, checked)
+        handle.remove()
+        assert torch.equal(run(model, x), model(x))  # (checked now, and wrong: no fold)
+        assert run.pairs(model) == []
+
+
+def test_the_trace_leaves_the_models_containers_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = _fold.fold_conv_bn
+
+    def counted(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
+        calls.append(1)
+        return real(conv, bn)
+
+    monkeypatch.setattr(_fold, "fold_conv_bn", counted)
+
+    class Recording(_Plain):
+        def __init__(self) -> None:
+            super().__init__()
+            self.acts: list[Any] = ["before"]
+            self.seen: dict[str, Any] = {"before": 0}
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.features(x)
+            self.acts.append(h)
+            self.seen["h"] = h
+            out: Tensor = self.fc(h)
+            return out
+
+    model = _trained(Recording(), (5, 2, 6, 6))
+    assert len(find_pairs(model)) == 2
+    assert model.acts == ["before"] and model.seen == {"before": 0}  # (no symbolic value left)
+    run = FoldedForward()
+    x = _x((5, 2, 6, 6))
+    with torch.no_grad():
+        for _ in range(3):
+            run(model, x)
+    assert len(model.acts) == 1 + 3 + 1 and len(calls) == 2  # (the folded weights made once)

@@ -4,43 +4,88 @@ before it.
 In eval mode a BatchNorm is an affine map per channel, y = γ (x − μ) / √(σ² + ε) + β, so after
 a convolution it can be folded into the convolution's weight and bias (as inference runtimes
 do): one pass over the activations instead of two. On a 2-core CPU the example SmallCNN's
-proxy pass took about 10% less time with it (``benchmarks/bench_proxies.py``).
+proxy pass took 10 to 15% less time with it (``benchmarks/bench_proxies.py``).
 
 :class:`FoldedForward` finds the pairs once per model structure with a symbolic trace
-(:class:`torch.fx.Tracer`): a convolution called at one place whose output goes only to a
+(:class:`torch.fx.Tracer`; the modules' attributes, and the lists, dicts and sets they hold,
+are restored after it): a convolution called at one place whose output goes only to a
 BatchNorm of the same kind, itself called at one place. The trace only finds them: the model
 itself runs, with, for the duration of one forward pass, each paired convolution's ``forward``
 computing the folded convolution and each paired BatchNorm's ``forward`` passing that output
-through (and normalising anything else it is given). So the model's own code, attributes and
-hooks stay live. A pair is skipped while either module has forward hooks (they would see
-folded values), a pass whose folded output does not reach its BatchNorm is run again without
-the fold, and the first folded batch is checked against the model itself; any disagreement or
-error, and the model runs as it is.
+on (and normalising anything else it is given). So the model's own code, attributes and hooks
+stay live. While the pass runs, a :class:`~torch.overrides.TorchFunctionMode` watches each
+folded output: if anything but its BatchNorm uses it (an in-place change, a second use, the
+convolution called again first), or it never reaches its BatchNorm, the pass runs again
+unfolded and the pair is not folded again. A pair is skipped while a forward hook would see a
+folded value (on the convolution, the BatchNorm, or a module that holds one of them but not
+the other), and the first pass with a new set of pairs is checked against the model itself;
+any disagreement or error, and the model runs as it is.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["FoldedForward", "find_pairs"]
+__all__ = ["FoldedForward", "Pair", "find_pairs"]
 
-_PAIRS: dict[type[nn.Module], type[nn.Module]] = {
+_KINDS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: nn.BatchNorm1d,
     nn.Conv2d: nn.BatchNorm2d,
     nn.Conv3d: nn.BatchNorm3d,
 }
-Pair = tuple[nn.Module, nn.Module]
+# tensor attributes whose reading does not depend on the values (a folded output reads alike)
+_METADATA = frozenset({"shape", "ndim", "dtype", "device", "layout", "is_cuda", "requires_grad"})
 
 
-def fold_conv_bn(conv: Any, bn: Any, x: Tensor) -> Tensor:
-    """``bn(conv(x))`` in eval mode, as one convolution with the folded weight and bias."""
+@dataclass(eq=False)
+class Pair:
+    """A convolution and the BatchNorm it feeds; ``between``: the modules that hold one of the
+    two but not the other (their hooks would see a folded value)."""
+
+    conv: nn.Module
+    bn: nn.Module
+    between: list[nn.Module] = field(default_factory=list)
+    cache: tuple[Any, ...] = ()  # (the folded weight and bias, and what they were made from)
+
+    def foldable(self) -> bool:
+        """Eval mode, running statistics, no hook that would see a folded value, no
+        ``forward`` of their own."""
+        conv, bn = self.conv, self.bn
+        return (
+            not conv.training
+            and not bn.training
+            and getattr(bn, "running_mean", None) is not None
+            and getattr(bn, "running_var", None) is not None
+            and not conv._forward_hooks
+            and not bn._forward_hooks
+            and not bn._forward_pre_hooks
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.between)
+            and "forward" not in conv.__dict__
+            and "forward" not in bn.__dict__
+        )
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The folded weight and bias, made again when any of their sources changed."""
+        conv, bn = self.conv, self.bn
+        sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = (*((id(t), t._version) for t in sources if t is not None), bn.eps)
+        if not self.cache or self.cache[0] != key:
+            self.cache = (key, *fold_conv_bn(conv, bn))
+        return self.cache[1], self.cache[2]
+
+
+def fold_conv_bn(conv: Any, bn: Any) -> tuple[Tensor, Tensor]:
+    """The weight and bias of one convolution equal to ``bn(conv(x))`` in eval mode."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -51,33 +96,20 @@ def fold_conv_bn(conv: Any, bn: Any, x: Tensor) -> Tensor:
         shift = shift + bn.bias
     dtype = conv.weight.dtype
     weight = conv.weight * scale.reshape([-1] + [1] * (conv.weight.ndim - 1))
-    out: Tensor = conv._conv_forward(x, weight.to(dtype), shift.to(dtype))
-    return out
+    return weight.to(dtype), shift.to(dtype)
 
 
 def find_pairs(model: nn.Module) -> list[Pair]:
     """The (convolution, BatchNorm) pairs of ``model`` that can fold, from a symbolic trace;
-    none when the model has no convolution and BatchNorm of one kind or cannot be traced. The
-    trace runs ``forward`` on symbolic values: the modules' attributes are restored after it."""
+    none when the model has no convolution and BatchNorm of one kind or cannot be traced."""
     kinds = {type(m) for m in model.modules()}
-    if not any(conv in kinds and bn in kinds for conv, bn in _PAIRS.items()):
+    if not any(conv in kinds and bn in kinds for conv, bn in _KINDS.items()):
         return []
-    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-             for m in model.modules()]  # fmt: skip
-    try:
-        graph = fx.Tracer().trace(model)
-    except Exception:  # (data-dependent control flow, unsupported inputs: no fold)
-        return []
-    finally:
-        for m, attrs, params, buffers, children in saved:
-            m._parameters.clear()
-            m._parameters.update(params)
-            m._buffers.clear()
-            m._buffers.update(buffers)
-            m._modules.clear()
-            m._modules.update(children)
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
+    with _restored(model):  # (tracing runs forward on symbolic values)
+        try:
+            graph = fx.Tracer().trace(model)
+        except Exception:  # (data-dependent control flow, unsupported inputs: no fold)
+            return []
     modules = dict(model.named_modules())
     sites = Counter(n.target for n in graph.nodes if n.op == "call_module")
     pairs: list[Pair] = []
@@ -91,64 +123,127 @@ def find_pairs(model: nn.Module) -> list[Pair]:
         if (
             conv is not None
             and bn is not None
-            and _PAIRS.get(type(conv)) is type(bn)
+            and _KINDS.get(type(conv)) is type(bn)
             and sites[node.target] == 1
             and sites[prev.target] == 1
-            and getattr(bn, "track_running_stats", False)
         ):
-            pairs.append((conv, bn))
+            one_sided = _ancestors(str(prev.target)) ^ _ancestors(str(node.target))
+            pairs.append(Pair(conv, bn, [modules[n] for n in sorted(one_sided) if n in modules]))
     return pairs
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    """Whether the pair can fold in this pass: eval mode, running statistics, no hook that would
-    see a folded value, no ``forward`` of their own."""
+def _ancestors(name: str) -> set[str]:
+    """The qualified names of the modules that hold ``name`` (not itself, not the root)."""
+    parts = name.split(".")
+    return {".".join(parts[:k]) for k in range(1, len(parts))}
+
+
+@contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Put every module's attributes back as they were, and the lists, dicts and sets they
+    hold (one level deep), after the block."""
+    saved = []
+    for m in model.modules():
+        held = [(v, v.copy()) for v in m.__dict__.values() if isinstance(v, (list, dict, set))]
+        saved.append((m, dict(m.__dict__), held))
+    try:
+        yield
+    finally:
+        for m, attrs, held in saved:
+            for container, copy in held:
+                container.clear()
+                if isinstance(container, list):
+                    container.extend(copy)
+                else:
+                    container.update(copy)
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+
+
+class _Watch(TorchFunctionMode):
+    """Notes the pairs whose folded output anything but their BatchNorm uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: dict[int, tuple[Tensor, Pair]] = {}  # folded outputs, by id
+        self.pending: dict[int, Tensor] = {}  # per pair (by id): an output not yet passed on
+        self.bad: set[int] = set()  # the pairs (by id) whose output went astray
+        self.own = 0  # > 0 inside the fold's own operations
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if not self.own and self.outputs and not _is_metadata(func):
+            self.note((*args, *kwargs.values()))
+        return func(*args, **kwargs)
+
+    def note(self, values: tuple[Any, ...]) -> None:
+        """Mark the pairs whose folded output is among ``values`` (or one level inside)."""
+        for value in values:
+            if isinstance(value, dict):
+                value = tuple(value.values())
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                found = self.outputs.get(id(item))
+                if found is not None and found[0] is item:
+                    self.bad.add(id(found[1]))
+
+    @contextmanager
+    def own_ops(self) -> Iterator[None]:
+        self.own += 1
+        try:
+            yield
+        finally:
+            self.own -= 1
+
+
+def _is_metadata(func: Any) -> bool:
+    owner = getattr(func, "__self__", None)
     return (
-        not conv.training
-        and not bn.training
-        and getattr(bn, "running_mean", None) is not None
-        and getattr(bn, "running_var", None) is not None
-        and not conv._forward_hooks
-        and not bn._forward_hooks
-        and not bn._forward_pre_hooks
-        and "forward" not in conv.__dict__
-        and "forward" not in bn.__dict__
+        getattr(func, "__name__", "") == "__get__" and getattr(owner, "__name__", "") in _METADATA
     )
 
 
 def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pair]]:
-    """``model(inputs)`` with ``pairs`` folded; also the pairs whose folded output did not reach
-    their BatchNorm (the pass is then wrong for them)."""
-    pending: dict[int, Tensor] = {}
+    """``model(inputs)`` with ``pairs`` folded; also the pairs whose folded output went anywhere
+    but to their BatchNorm, once (the pass is then wrong for them)."""
+    watch = _Watch()
 
-    def conv_forward(conv: nn.Module, bn: nn.Module) -> Callable[[Tensor], Tensor]:
+    def conv_forward(pair: Pair) -> Callable[[Tensor], Tensor]:
         def forward(input: Tensor) -> Tensor:
-            out = fold_conv_bn(conv, bn, input)
-            pending[id(bn)] = out
+            with watch.own_ops():
+                weight, bias = pair.folded()
+                out: Tensor = pair.conv._conv_forward(input, weight, bias)  # type: ignore[operator]
+            watch.outputs[id(out)] = (out, pair)
+            watch.pending[id(pair)] = out
             return out
 
         return forward
 
-    def bn_forward(bn: nn.Module) -> Callable[[Tensor], Tensor]:
-        own = type(bn).forward.__get__(bn)
+    def bn_forward(pair: Pair) -> Callable[[Tensor], Tensor]:
+        own = type(pair.bn).forward.__get__(pair.bn)
 
         def forward(input: Tensor) -> Tensor:
-            if pending.get(id(bn)) is input:  # (its convolution's folded output)
-                del pending[id(bn)]
-                return input
-            return own(input)  # type: ignore[no-any-return]
+            found = watch.outputs.get(id(input))
+            if found is not None and found[1] is pair and watch.pending.get(id(pair)) is input:
+                del watch.pending[id(pair)]
+                with watch.own_ops():  # (a new tensor: later uses of the output show)
+                    return input.view_as(input)
+            return own(input)  # type: ignore[no-any-return]  # (the watch sees a folded input)
 
         return forward
 
-    for conv, bn in pairs:
-        conv.__dict__["forward"] = conv_forward(conv, bn)
-        bn.__dict__["forward"] = bn_forward(bn)
+    for pair in pairs:
+        pair.conv.__dict__["forward"] = conv_forward(pair)
+        pair.bn.__dict__["forward"] = bn_forward(pair)
     try:
-        out = model(inputs)
+        with watch:
+            out = model(inputs)
+        watch.note((out,))  # (a folded output returned as it is)
     finally:
-        for conv, bn in pairs:
-            del conv.__dict__["forward"], bn.__dict__["forward"]
-    return out, [(c, b) for c, b in pairs if id(b) in pending]
+        for pair in pairs:
+            del pair.conv.__dict__["forward"], pair.bn.__dict__["forward"]
+    return out, [p for p in pairs if id(p) in watch.bad or id(p) in watch.pending]
 
 
 class FoldedForward:
@@ -158,36 +253,37 @@ class FoldedForward:
     def __init__(self) -> None:
         self._key: tuple[int, ...] | None = None
         self._pairs: list[Pair] = []
-        self._checked = False
+        self._checked: set[int] = set()  # the pairs (by id) checked against the model
 
     def pairs(self, model: nn.Module) -> list[Pair]:
-        """The pairs that fold in the next pass of ``model`` (after its first, checked one)."""
-        if self._key != self._key_of(model) or not self._checked:
+        """The pairs that fold in the next pass of ``model`` (checked ones)."""
+        if self._key != self._key_of(model):
             return []
-        return [(c, b) for c, b in self._pairs if _foldable(c, b)]
+        return [p for p in self._pairs if id(p) in self._checked and p.foldable()]
 
     def __call__(self, model: nn.Module, inputs: Any) -> Any:
         key = self._key_of(model)
         if key != self._key:  # (first call, or the model's modules were replaced)
-            self._key, self._pairs, self._checked = key, find_pairs(model), False
-        active = [(c, b) for c, b in self._pairs if _foldable(c, b)]
+            self._key, self._pairs, self._checked = key, find_pairs(model), set()
+        active = [p for p in self._pairs if p.foldable()]
         if not active or _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return model(inputs)
         try:
-            got, missed = _run(model, inputs, active)
+            got, astray = _run(model, inputs, active)
         except Exception:  # (the model itself decides: run it as it is)
             self._pairs = []
             return model(inputs)
-        if missed:  # (a folded output went elsewhere: no fold for that pair)
-            self._pairs = [p for p in self._pairs if p not in missed]
+        if astray:  # (a folded output went elsewhere: no fold for those pairs)
+            self._pairs = [p for p in self._pairs if p not in astray]
             return model(inputs)
-        if self._checked:
+        if all(id(p) in self._checked for p in active):
             return got
-        # the first folded pass is checked against the model itself (run second, so that
-        # hooks, e.g. the callback's on the head, see the model's own pass last)
-        self._checked = True
+        # a pass with a pair not yet checked is checked against the model itself (run second,
+        # so that hooks, e.g. the callback's on the head, see the model's own pass last)
         want = model(inputs)
-        if not _close(got, want):
+        if _close(got, want):
+            self._checked.update(id(p) for p in active)
+        else:
             self._pairs = []
         return want
 
