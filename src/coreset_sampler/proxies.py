@@ -183,10 +183,12 @@ class GradientProxyCallback:
             time on a CPU). The pairs are found once with a :mod:`torch.fx` trace (a model
             without a convolution and BatchNorm of one kind is not traced); the model itself
             then runs, with each paired convolution's ``forward`` computing the folded
-            convolution and its BatchNorm's passing that output through, for the duration of
-            the pass. A pair whose modules have forward hooks is not folded, the first folded
-            batch is checked against the model, and on any disagreement or error the model
-            runs as it is. :meth:`per_sample_loss` never folds.
+            convolution and its BatchNorm's passing that output on, for the duration of the
+            pass. A pair whose modules (or a module holding one of them) have forward hooks is
+            not folded; if a folded output is used by anything but its BatchNorm during a pass,
+            the pass runs again unfolded and the pair is dropped; the first folded batch is
+            checked against the model, and on any disagreement or error the model runs as it
+            is. :meth:`per_sample_loss` never folds.
 
     Raises:
         TypeError: on arguments of the wrong type.
