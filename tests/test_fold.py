@@ -233,6 +233,8 @@ def test_the_fold_follows_the_current_weights_statistics_and_modules() -> None:
         model.features[1].running_var.add_(0.3)
         model.features[4].bias.sub_(0.2)
         torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
+        model.features[3].weight.data = 0.5 * model.features[3].weight  # (no version bump)
+        torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)
         model.features[4] = nn.BatchNorm2d(6).to(DT).eval()  # (a module replaced: found anew)
         model.features[4].running_mean.fill_(0.5)
         torch.testing.assert_close(run(model, x), model(x), rtol=1e-12, atol=1e-12)

@@ -78,7 +78,8 @@ class Pair:
         """The folded weight and bias, made again when any of their sources changed."""
         conv, bn = self.conv, self.bn
         sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = (*((id(t), t._version) for t in sources if t is not None), bn.eps)
+        # (in-place changes bump a tensor's version; ``.data = ...`` gives it new memory)
+        key = (*((id(t), t._version, t.data_ptr()) for t in sources if t is not None), bn.eps)
         if not self.cache or self.cache[0] != key:
             self.cache = (key, *fold_conv_bn(conv, bn))
         return self.cache[1], self.cache[2]
