@@ -14,17 +14,21 @@ itself runs, with, for the duration of one forward pass, each paired convolution
 computing the folded convolution and each paired BatchNorm's ``forward`` passing that output
 on (and normalising anything else it is given). So the model's own code, attributes and hooks
 stay live. While the pass runs, a :class:`~torch.overrides.TorchFunctionMode` watches each
-folded output: if anything but its BatchNorm uses it (an in-place change, a second use, the
-convolution called again first), or it never reaches its BatchNorm, the pass runs again
-unfolded and the pair is not folded again. A pair is skipped while a forward hook would see a
-folded value (on the convolution, the BatchNorm, or a module that holds one of them but not
-the other), and the first pass with a new set of pairs is checked against the model itself;
-any disagreement or error, and the model runs as it is.
+folded output (weakly): if any torch operation but its BatchNorm uses it (an in-place change, a
+second use; reading its shape aside), or it is still held after the pass anywhere but under
+what the model returned (an attribute, say), the pass runs again unfolded and the pair is not
+folded again. A pair is skipped while a forward hook would see a folded value (on the
+convolution, the BatchNorm, or a module that holds one of them but not the other), a model
+with TorchScript modules is not folded (scripted code runs unwatched), and the first pass with
+a pair not yet checked is checked against the model itself; on a disagreement, or a second
+error, the model runs as it is from then on. Not watched: a folded output passed to a
+TorchScript function called from Python, or read through ``torch._C.DisableTorchFunction``.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +59,7 @@ class Pair:
     conv: nn.Module
     bn: nn.Module
     between: list[nn.Module] = field(default_factory=list)
-    cache: tuple[Any, ...] = ()  # (the folded weight and bias, and what they were made from)
+    cache: tuple[Any, ...] = ()  # (what the folded weight and bias were made from, and them)
 
     def foldable(self) -> bool:
         """Eval mode, running statistics, no hook that would see a folded value, no
@@ -75,14 +79,24 @@ class Pair:
         )
 
     def folded(self) -> tuple[Tensor, Tensor]:
-        """The folded weight and bias, made again when any of their sources changed."""
+        """The folded weight and bias, made again when any of their sources changed: another
+        tensor (held weakly, so a new one cannot pass for it), an in-place change (its
+        version), new memory (``.data = ...``, which leaves the version), another ε."""
         conv, bn = self.conv, self.bn
-        sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        # (in-place changes bump a tensor's version; ``.data = ...`` gives it new memory)
-        key = (*((id(t), t._version, t.data_ptr()) for t in sources if t is not None), bn.eps)
-        if not self.cache or self.cache[0] != key:
-            self.cache = (key, *fold_conv_bn(conv, bn))
-        return self.cache[1], self.cache[2]
+        named: tuple[Any, ...] = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                                  bn.running_var)  # fmt: skip
+        sources = [t for t in named if t is not None]
+        stamp = [(t._version, t.data_ptr()) for t in sources] + [bn.eps]
+        if self.cache:
+            refs, then, weight, bias = self.cache
+            same = len(refs) == len(sources) and all(
+                r() is t for r, t in zip(refs, sources, strict=True)
+            )
+            if same and then == stamp:
+                return weight, bias
+        weight, bias = fold_conv_bn(conv, bn)
+        self.cache = ([weakref.ref(t) for t in sources], stamp, weight, bias)
+        return weight, bias
 
 
 def fold_conv_bn(conv: Any, bn: Any) -> tuple[Tensor, Tensor]:
@@ -106,6 +120,8 @@ def find_pairs(model: nn.Module) -> list[Pair]:
     kinds = {type(m) for m in model.modules()}
     if not any(conv in kinds and bn in kinds for conv, bn in _KINDS.items()):
         return []
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return []  # (TorchScript runs past the watch on folded outputs)
     with _restored(model):  # (tracing runs forward on symbolic values)
         try:
             graph = fx.Tracer().trace(model)
@@ -162,12 +178,13 @@ def _restored(model: nn.Module) -> Iterator[None]:
 
 
 class _Watch(TorchFunctionMode):
-    """Notes the pairs whose folded output anything but their BatchNorm uses."""
+    """Notes the pairs whose folded output anything but their BatchNorm uses. It holds the
+    outputs weakly: one the model has let go of needs no watching."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.outputs: dict[int, tuple[Tensor, Pair]] = {}  # folded outputs, by id
-        self.pending: dict[int, Tensor] = {}  # per pair (by id): an output not yet passed on
+        self.outputs: dict[int, tuple[weakref.ref[Tensor], Pair]] = {}  # by the output's id
+        self.pending: dict[int, weakref.ref[Tensor]] = {}  # per pair: not yet passed on
         self.bad: set[int] = set()  # the pairs (by id) whose output went astray
         self.own = 0  # > 0 inside the fold's own operations
 
@@ -179,15 +196,43 @@ class _Watch(TorchFunctionMode):
             self.note((*args, *kwargs.values()))
         return func(*args, **kwargs)
 
+    def add(self, out: Tensor, pair: Pair) -> None:
+        key = id(out)
+
+        def gone(_: object) -> None:  # (freed: its id may come back for another tensor)
+            self.outputs.pop(key, None)
+
+        self.outputs[key] = (weakref.ref(out, gone), pair)
+        self.pending[id(pair)] = weakref.ref(out)
+
+    def pair_of(self, item: Any) -> Pair | None:
+        """The pair whose folded output ``item`` is, if it is one."""
+        found = self.outputs.get(id(item))
+        return found[1] if found is not None and found[0]() is item else None
+
     def note(self, values: tuple[Any, ...]) -> None:
         """Mark the pairs whose folded output is among ``values`` (or one level inside)."""
         for value in values:
             if isinstance(value, dict):
                 value = tuple(value.values())
             for item in value if isinstance(value, (list, tuple)) else (value,):
-                found = self.outputs.get(id(item))
-                if found is not None and found[0] is item:
-                    self.bad.add(id(found[1]))
+                pair = self.pair_of(item)
+                if pair is not None:
+                    self.bad.add(id(pair))
+
+    def astray(self, out: Any, pairs: list[Pair]) -> list[Pair]:
+        """After the pass: the pairs whose output was used elsewhere, or is still held anywhere
+        but as the base of what the model returned (kept in an attribute, say, whether or not
+        it reached its BatchNorm)."""
+        self.note((out,))  # (a folded output returned as it is)
+        returned = out.values() if isinstance(out, dict) else out
+        returned = returned if isinstance(returned, (list, tuple)) else (returned,)
+        bases = {id(getattr(o, "_base", None)) for o in returned if isinstance(o, Tensor)}
+        for ref, pair in list(self.outputs.values()):
+            held = ref()
+            if held is not None and id(held) not in bases:
+                self.bad.add(id(pair))
+        return [p for p in pairs if id(p) in self.bad]
 
     @contextmanager
     def own_ops(self) -> Iterator[None]:
@@ -198,11 +243,19 @@ class _Watch(TorchFunctionMode):
             self.own -= 1
 
 
+# reading these does not depend on a tensor's values (a folded output reads alike)
+_METADATA_METHODS = frozenset(
+    {"size", "dim", "numel", "nelement", "stride", "is_contiguous", "element_size",
+     "is_floating_point", "get_device"}
+)  # fmt: skip
+
+
 def _is_metadata(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    if name in _METADATA_METHODS:
+        return True
     owner = getattr(func, "__self__", None)
-    return (
-        getattr(func, "__name__", "") == "__get__" and getattr(owner, "__name__", "") in _METADATA
-    )
+    return name == "__get__" and getattr(owner, "__name__", "") in _METADATA
 
 
 def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pair]]:
@@ -215,8 +268,7 @@ def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pa
             with watch.own_ops():
                 weight, bias = pair.folded()
                 out: Tensor = pair.conv._conv_forward(input, weight, bias)  # type: ignore[operator]
-            watch.outputs[id(out)] = (out, pair)
-            watch.pending[id(pair)] = out
+            watch.add(out, pair)
             return out
 
         return forward
@@ -225,8 +277,8 @@ def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pa
         own = type(pair.bn).forward.__get__(pair.bn)
 
         def forward(input: Tensor) -> Tensor:
-            found = watch.outputs.get(id(input))
-            if found is not None and found[1] is pair and watch.pending.get(id(pair)) is input:
+            pending = watch.pending.get(id(pair))
+            if pending is not None and pending() is input:
                 del watch.pending[id(pair)]
                 with watch.own_ops():  # (a new tensor: later uses of the output show)
                     return input.view_as(input)
@@ -240,11 +292,10 @@ def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pa
     try:
         with watch:
             out = model(inputs)
-        watch.note((out,))  # (a folded output returned as it is)
     finally:
         for pair in pairs:
             del pair.conv.__dict__["forward"], pair.bn.__dict__["forward"]
-    return out, [p for p in pairs if id(p) in watch.bad or id(p) in watch.pending]
+    return out, watch.astray(out, pairs)
 
 
 class FoldedForward:
@@ -255,6 +306,7 @@ class FoldedForward:
         self._key: tuple[int, ...] | None = None
         self._pairs: list[Pair] = []
         self._checked: set[int] = set()  # the pairs (by id) checked against the model
+        self._failures = 0  # folded passes that raised
 
     def pairs(self, model: nn.Module) -> list[Pair]:
         """The pairs that fold in the next pass of ``model`` (checked ones)."""
@@ -266,13 +318,20 @@ class FoldedForward:
         key = self._key_of(model)
         if key != self._key:  # (first call, or the model's modules were replaced)
             self._key, self._pairs, self._checked = key, find_pairs(model), set()
+            self._failures = 0
         active = [p for p in self._pairs if p.foldable()]
         if not active or _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return model(inputs)
         try:
             got, astray = _run(model, inputs, active)
-        except Exception:  # (the model itself decides: run it as it is)
-            self._pairs = []
+        except Exception:  # (the model itself decides: run it as it is; after a second
+            failed = True  # failure, from now on)
+        else:
+            failed = False
+        if failed:
+            self._failures += 1
+            if self._failures >= 2:
+                self._pairs = []
             return model(inputs)
         if astray:  # (a folded output went elsewhere: no fold for those pairs)
             self._pairs = [p for p in self._pairs if p not in astray]
