@@ -186,9 +186,9 @@ class GradientProxyCallback:
             convolution and its BatchNorm's passing that output on, for the duration of the
             pass. A pair whose modules (or a module holding one of them) have forward hooks is
             not folded; if a folded output is used by anything but its BatchNorm during a pass,
-            the pass runs again unfolded and the pair is dropped; the first folded batch is
-            checked against the model, and on any disagreement or error the model runs as it
-            is. :meth:`per_sample_loss` never folds.
+            or still held after it, the pass runs again unfolded and the pair is dropped; the
+            first folded batch is checked against the model, and on a disagreement or a second
+            error the model runs as it is. :meth:`per_sample_loss` never folds.
 
     Raises:
         TypeError: on arguments of the wrong type.
