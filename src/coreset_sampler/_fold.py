@@ -47,8 +47,13 @@ _KINDS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: nn.BatchNorm2d,
     nn.Conv3d: nn.BatchNorm3d,
 }
-# tensor attributes whose reading does not depend on the values (a folded output reads alike)
-_METADATA = frozenset({"shape", "ndim", "dtype", "device", "layout", "is_cuda", "requires_grad"})
+# tensor attributes and methods whose reading does not depend on the values (a folded output
+# reads alike)
+_METADATA = frozenset(
+    {"shape", "ndim", "dtype", "device", "layout", "is_cuda", "requires_grad", "size", "dim",
+     "numel", "nelement", "stride", "is_contiguous", "element_size", "is_floating_point",
+     "get_device"}
+)  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -243,19 +248,11 @@ class _Watch(TorchFunctionMode):
             self.own -= 1
 
 
-# reading these does not depend on a tensor's values (a folded output reads alike)
-_METADATA_METHODS = frozenset(
-    {"size", "dim", "numel", "nelement", "stride", "is_contiguous", "element_size",
-     "is_floating_point", "get_device"}
-)  # fmt: skip
-
-
 def _is_metadata(func: Any) -> bool:
     name = getattr(func, "__name__", "")
-    if name in _METADATA_METHODS:
-        return True
-    owner = getattr(func, "__self__", None)
-    return name == "__get__" and getattr(owner, "__name__", "") in _METADATA
+    if name == "__get__":  # (an attribute: named by its descriptor)
+        name = getattr(getattr(func, "__self__", None), "__name__", "")
+    return name in _METADATA
 
 
 def _run(model: nn.Module, inputs: Any, pairs: list[Pair]) -> tuple[Any, list[Pair]]:
