@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["FoldedForward", "Pair", "find_pairs"]
@@ -106,17 +107,10 @@ class Pair:
 
 def fold_conv_bn(conv: Any, bn: Any) -> tuple[Tensor, Tensor]:
     """The weight and bias of one convolution equal to ``bn(conv(x))`` in eval mode."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    dtype = conv.weight.dtype
-    weight = conv.weight * scale.reshape([-1] + [1] * (conv.weight.ndim - 1))
-    return weight.to(dtype), shift.to(dtype)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    return weight.detach(), bias.detach()
 
 
 def find_pairs(model: nn.Module) -> list[Pair]:
