@@ -27,7 +27,7 @@ Methods:
 * ``crest``: CREST with the library's defaults, built as the README's lines build it;
 * ``crest-paper``: CREST with the paper's rule (T1 = ⌈h·‖H_0‖/‖H_ℓ‖⌉, h = 1, τ = 0.05,
   P = 5·T1, pools and a check sample of r = 600 (1% of N), coresets used as long as the
-  checks hold, Hutchinson's diagonal over the whole network).
+  checks hold, Hutchinson's diagonal over the whole network, cluster-size weights).
 
 Configurations (``--arch``): ``cnn``, the SmallCNN of ``examples/fashion_mnist.py`` with its
 recipe (SGD, warm-up, ×0.1 at 60% and 85%), in channels-last layout as the examples train a
@@ -66,6 +66,7 @@ PAPER: dict[str, Any] = {
     "max_uses": 0,  # no cap: the coresets serve as long as the checks hold
     "threshold": 0.05,
     "interval_multiplier": 1.0,
+    "weighting": "cluster_size",  # the picks weighted by their cluster sizes
 }
 # name -> (train_one method, budget (None: --budget), CrestConfig overrides)
 VARIANTS: dict[str, tuple[str, float | None, dict[str, Any]]] = {

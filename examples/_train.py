@@ -70,6 +70,7 @@ class CrestConfig:
     pool_size: int | None = None  # r (default 3 · the batch size)
     check_size: int | None = None  # |V_r| (default the batch size)
     max_uses: int | None = None  # times a coreset is trained on, at most (0: no cap)
+    weighting: str | None = None  # "uniform" (the library's) or "cluster_size" (the paper's)
     precondition: str = "none"  # "hessian": AdaCore's preconditioned proxies
 
     def monitor_options(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ class CrestConfig:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def sampler_options(self) -> dict[str, Any]:
-        names = ("pool_multiplier", "pool_size", "check_size")
+        names = ("pool_multiplier", "pool_size", "check_size", "weighting")
         options = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.max_uses is not None:
             options["max_uses"] = self.max_uses or None

@@ -4,8 +4,9 @@ One method per run, ``--method full|random|crest|craig``: SGD with momentum 0.9,
 warmed up over the first 10% of the epochs, ×0.1 at 60% and 85%, weight decay 5e-4, 200 epochs,
 random crop 32 with padding 4 plus horizontal flip; CREST at a 10% budget with the paper's rule
 (``--rule paper``, the default here: T1 = ceil(h·‖H_0‖/‖H_ℓ‖), Hutchinson's diagonal over the
-network, P = 5·T1, a check sample of one pool) and its τ and h (Table 6: CIFAR-10 τ=0.05, h=1;
-CIFAR-100 τ=0.01, h=10), or with the library's defaults (``--rule library``).
+network, P = 5·T1, a check sample of one pool, cluster-size weights) and its τ and h (Table 6:
+CIFAR-10 τ=0.05, h=1; CIFAR-100 τ=0.01, h=10), or with the library's defaults
+(``--rule library``).
 
 The data are the standard python tarballs (``cifar-10-python.tar.gz``,
 ``cifar-100-python.tar.gz``), read in place with numpy and pickle; a missing tarball is
@@ -52,13 +53,14 @@ def _paper_rule(args: argparse.Namespace, n: int) -> dict[str, Any]:
     """The paper's rule, pools and check sample (``--pool-multiplier``, ``--pool-size``,
     ``--check-size`` override them): the check sample is the pool, so both are set here (the
     paper's pool, 1% of N but at least two batches), and the coresets serve as long as the
-    checks hold (no cap on their uses)."""
+    checks hold (no cap on their uses), weighted by their cluster sizes."""
     pool_size = args.pool_size or max(math.ceil(0.01 * n), 2 * args.batch_size)
     return {
         "interval_rule": "paper", "curvature": "hutchinson",
         "pool_multiplier": args.pool_multiplier or 5, "pool_size": pool_size,
         "check_size": args.check_size or pool_size,
         "max_uses": 0 if args.max_uses is None else args.max_uses,
+        "weighting": "cluster_size",
     }  # fmt: skip
 
 

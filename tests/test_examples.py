@@ -370,9 +370,10 @@ def test_cifar_rule_builds_the_paper_or_the_library_configuration(
         }  # fmt: skip
         # the check sample is the pool: r = max(ceil(0.01·200), 2·8) = 16 (it was the check
         # alone, 8, against the sampler's pool of 16, once the default pool became two batches);
-        # the coresets serve as long as the checks hold
+        # the coresets serve as long as the checks hold, weighted by their cluster sizes
         assert crest.sampler_options() == {
-            "pool_multiplier": 5, "pool_size": 16, "check_size": 16, "max_uses": None
+            "pool_multiplier": 5, "pool_size": 16, "check_size": 16, "max_uses": None,
+            "weighting": "cluster_size",
         }  # fmt: skip
     else:  # nothing set: every knob is the library's default
         assert crest.monitor_options() == {} and crest.sampler_options() == {}

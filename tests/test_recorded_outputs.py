@@ -190,6 +190,7 @@ def _crest(**kw: Any) -> Callable[[], CrestBatchSampler]:
             args["labels"] = LABELS[:n]
         args.setdefault("pool_size", args["batch_size"])  # (the default of 0.2.0.dev0 here)
         args.setdefault("max_uses", None)  # (recorded before the cap on a coreset's uses)
+        args.setdefault("weighting", "cluster_size")  # (recorded with the paper's weights)
         return CrestBatchSampler(n, callback=Callback(n, d, losses=losses), **args)
 
     return build
@@ -238,6 +239,7 @@ def _crest_cases() -> dict[str, Callable[[], dict[str, Any]]]:
                 callback=Callback(N),
                 generator=torch.Generator().manual_seed(5),
                 pool_size=10,
+                weighting="cluster_size",
             ),
             2,
         ),

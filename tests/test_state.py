@@ -128,7 +128,7 @@ def test_every_sampler_refuses_another_kind_budget_or_version(name: str) -> None
                 make().load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with budget=0.1 but this sampler has budget=0.3"):
         build(budget=0.3).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"reads version 3"):
+    with pytest.raises(ValueError, match=r"reads version 4"):
         build().load_state_dict({**state, "version": 99})
     with pytest.raises(TypeError, match="state should be a mapping"):
         s.load_state_dict([state])  # type: ignore[arg-type]
@@ -205,7 +205,7 @@ def test_weights_are_refused_when_negative_or_infinite_and_taken_when_zero() -> 
 
 
 def test_the_state_format_of_each_sampler() -> None:
-    """The keys of version 3 (a renamed key would still round-trip: this pins the format)."""
+    """The keys of version 4 (a renamed key would still round-trip: this pins the format)."""
     top = {"kind", "version", "config", "stream"}
     stream_fields = {"seed", "epoch", "step_in_epoch", "step"}
     crest = CrestBatchSampler(300, 10, callback=Proxies(300), labels=np.arange(300) % 2)
@@ -218,11 +218,12 @@ def test_the_state_format_of_each_sampler() -> None:
     expected = {
         crest: (top | {"policy", "cycle", "dropper", "telemetry"},
                 base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
-                                       "reselect_every", "num_pools", "max_uses"},
+                                       "reselect_every", "num_pools", "max_uses", "weighting"},
                 {"steps_since_selection"}),
         mon: (top | {"policy", "cycle", "dropper", "telemetry"},
               base_config | pools | {"monitor", "warmup_steps", "similarity", "drop_learned",
-                                     "num_pools", "pool_multiplier", "check_size", "max_uses"},
+                                     "num_pools", "pool_multiplier", "check_size", "max_uses",
+                                     "weighting"},
               {"num_pools", "interval", "steps_since_check", "monitor_state"}),
         craig: (top | {"coreset", "telemetry"},
                 base_config | {"coreset_size", "reselect_every", "similarity", "method",

@@ -93,7 +93,7 @@ def test_coreset_and_weights_match_a_direct_greedy_call(with_labels: bool) -> No
     n, m, r = 500, 12, 60
     cb = Proxies(n, d=5)
     labels = np.arange(n) % 3 if with_labels else None
-    s = make(n, m, callback=cb, pool_size=r, num_pools=1, labels=labels)
+    s = make(n, m, callback=cb, pool_size=r, num_pools=1, labels=labels, weighting="cluster_size")
     stream(s, 1)
     (pool,) = cb.calls  # one pool: the callback sees it in draw order
     assert len(pool) == r
@@ -119,6 +119,34 @@ def test_coreset_and_weights_match_a_direct_greedy_call(with_labels: bool) -> No
     assert len(coreset) == m == len(set(coreset))
     torch.testing.assert_close(weights.double(), gamma * m / gamma.sum(), rtol=1e-6, atol=1e-6)
     assert abs(float(weights.mean()) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_uniform_weighting_keeps_the_picks_and_weighs_every_example_one(with_labels: bool) -> None:
+    n, m = 600, 12
+    labels = np.arange(n) % 4 if with_labels else None
+
+    def run(weighting: str) -> tuple[CrestBatchSampler, list[tuple[list[int], list[float]]], Any]:
+        mon = FakeMonitor(rhos=[0.0, 0.5, 0.0, 0.5], intervals=[2])
+        s = make(n, m, labels=labels, weighting=weighting, monitor=mon, budget=0.3)
+        return s, stream(s, 10), mon
+
+    uniform, batches, mon = run("uniform")
+    paper, paper_batches, paper_mon = run("cluster_size")
+    assert [b for b, _ in batches] == [b for b, _ in paper_batches]  # the same coresets
+    assert all(w == [1.0] * m for _, w in batches)
+    assert any(len(set(w)) > 1 for _, w in paper_batches)
+    assert len(mon.anchors) == len(paper_mon.anchors) > 1
+    for (coresets, weights, _), (same, _, _) in zip(mon.anchors, paper_mon.anchors, strict=True):
+        assert coresets == same  # the monitor models the loss the loop trains: weights 1
+        assert all(torch.equal(w, torch.ones(m)) for w in weights)
+    assert uniform.weighting == "uniform" and paper.weighting == "cluster_size"
+    assert uniform.state_dict()["config"]["weighting"] == "uniform"
+    saved = make(n, m, labels=labels, weighting="cluster_size").state_dict()
+    with pytest.raises(ValueError, match=r"weighting='cluster_size'.*weighting='uniform'"):
+        make(n, m, labels=labels).load_state_dict(saved)  # (uniform: the default)
+    with pytest.raises(ValueError, match="weighting"):
+        make(n, m, weighting="sizes")
 
 
 def test_every_batch_has_exactly_batch_size_elements_and_mean_one_weights() -> None:
@@ -476,7 +504,10 @@ def test_load_state_errors() -> None:
 
 
 def test_weights_for_looks_up_exact_batches() -> None:
-    s = make(400, 8, history_size=3, reselect_every=1, budget=0.2, pool_size=40)
+    s = make(
+        400, 8, history_size=3, reselect_every=1, budget=0.2, pool_size=40,
+        weighting="cluster_size",
+    )  # fmt: skip
     batches = stream(s)
     assert all(len(set(w)) > 1 for _, w in batches)  # (weights that tell batches apart)
     for b, w in batches[-3:]:
@@ -662,7 +693,7 @@ def test_weighted_coresets_approximate_the_full_gradient_of_logistic_regression(
     def crest_error(proxies: Tensor) -> float:
         s = CrestBatchSampler(
             n, m, callback=lambda i: proxies[i], budget=1.0, pool_size=r,
-            reselect_every=5, drop_learned=False, seed=0,
+            reselect_every=5, drop_learned=False, seed=0, weighting="cluster_size",
         )  # fmt: skip
         return float(np.mean([rel(b, w) for b, w in stream(s, 60)]))
 

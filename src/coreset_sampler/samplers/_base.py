@@ -31,7 +31,8 @@ IntArray = npt.NDArray[np.int64]
 # 2: the state of 0.2, declared by parts (kind, version, config, one entry per part)
 # 3: the coreset cycle counts its passes (CREST's and k-center's ``cycle.passes``) and CREST's
 #    configuration holds ``max_uses``
-STATE_VERSION = 3
+# 4: CREST's configuration holds ``weighting``
+STATE_VERSION = 4
 
 
 class BudgetedSampler(Sampler[list[int]]):

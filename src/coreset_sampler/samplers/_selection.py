@@ -144,10 +144,12 @@ def facility_location_coresets(
     *,
     batch_size: int,
     similarity: str,
+    weighting: str = "cluster_size",
 ) -> tuple[list[list[int]], list[list[float]]]:
     """CREST's coresets: every pool (and, with labels, every class of it, with ``m·q_c/r``
     picks by largest remainder) solved in one batched greedy facility-location call; weights
-    are the cluster sizes rescaled to mean 1 within each coreset."""
+    are the cluster sizes rescaled to mean 1 within each coreset (``weighting="uniform"``:
+    1 each, the same picks)."""
     m = batch_size
     problems: list[tuple[int, IntArray, int]] = []  # (pool, rows within the pool, k)
     for p, pool in enumerate(pools):
@@ -183,6 +185,8 @@ def facility_location_coresets(
     for b, (p, rows, kb) in enumerate(problems):
         coresets[p].extend(pools[p][rows[picks[b, :kb]]].tolist())
         gammas[p].extend(sizes[b, :kb].tolist())
+    if weighting == "uniform":
+        return coresets, [[1.0] * len(c) for c in coresets]
     return coresets, [mean_one(g, m) for g in gammas]
 
 
