@@ -18,7 +18,8 @@ the same data, the same model and the same batch size, examples per second of:
 * ``train step``: forward, backward and an SGD step in train mode at the training batch size.
 
 and reports each as a ratio to ``bare``, and the callback's time per example over the
-training step's. ``--arch`` picks the example's SmallCNN or the benchmark's MLP; weights are the
+training step's. ``--arch`` picks the example's SmallCNN, the benchmark's MLP or the LeNet of
+``bench_readme_loop.py`` (NCHW, no BatchNorm); weights are the
 seed's initial ones (a forward pass costs the same at any weights). The SmallCNN is measured in
 both memory layouts side by side: ``nchw`` (PyTorch's default) and ``channels_last`` (what the
 examples use on CPU, ``_train.place``). Every call is timed once per round, in turn, and each
@@ -134,7 +135,7 @@ def calls_for(
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
+    parser.add_argument("--arch", choices=("cnn", "mlp", "lenet"), default="cnn")
     parser.add_argument("--examples", type=int, default=6000, help="examples per timed call")
     parser.add_argument("--batch-size", type=int, default=128, help="inference batch size")
     parser.add_argument("--train-batch", type=int, default=128)
@@ -146,7 +147,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     data = load_fashion_mnist(args.data_dir)
     train_set = ImageDataset(*data["train"])
-    model = SmallCNN(in_channels=1, num_classes=10, width=16) if args.arch == "cnn" else mlp()
+    if args.arch == "lenet":
+        from bench_readme_loop import lenet
+
+        model = lenet()
+    else:
+        model = SmallCNN(in_channels=1, num_classes=10, width=16) if args.arch == "cnn" else mlp()
     models = {"default": model}
     if args.arch == "cnn":  # (the same weights in both layouts)
         cpu = torch.device("cpu")

@@ -45,12 +45,22 @@ def read_idx(path: Path, offset: int) -> Any:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
+def lenet() -> Any:
+    """The loop's network: LeNet-style, no BatchNorm, for 1×28×28 inputs and 10 classes."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 40, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(40 * 5 * 5, 100), nn.ReLU(), nn.Linear(100, 10),
+    )  # fmt: skip
+
+
 def run(method: str, seed: int, epochs: int, data_dir: Path, crest_opts: dict[str, Any]) -> dict:
     """One training run; returns its test accuracy, wall seconds and (CREST) telemetry."""
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from torch import nn
     from torch.utils.data import DataLoader, Dataset
 
     torch.set_num_threads(1)
@@ -73,11 +83,7 @@ def run(method: str, seed: int, epochs: int, data_dir: Path, crest_opts: dict[st
     train_set, test_set = Images("train"), Images("t10k")
     train_labels = train_set.y
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 40, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(40 * 5 * 5, 100), nn.ReLU(), nn.Linear(100, 10),
-    )  # fmt: skip
+    model = lenet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     milestones = [epochs // 2, 3 * epochs // 4]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)

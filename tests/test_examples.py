@@ -16,6 +16,7 @@ import struct
 import sys
 import tarfile
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -401,6 +402,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import bench_crest_ablation  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_proxies  # noqa: E402
+import bench_readme_loop  # noqa: E402
 
 
 def _run_record(name: str, seed: int, acc: float, seconds: float, **extra: float) -> dict[str, Any]:
@@ -477,7 +479,7 @@ def test_bench_crest_ablation_appends_one_line_per_run(
     assert all("error" not in x and 0.0 <= x["test_acc"] <= 1.0 for x in lines)
 
 
-@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+@pytest.mark.parametrize("arch", ["cnn", "mlp", "lenet"])
 def test_bench_proxies_runs(arch: str, fashion_dir: tuple[Path, dict[str, Any]]) -> None:
     argv = ["--arch", arch, "--data-dir", str(fashion_dir[0]), "--examples", "64",
             "--batch-size", "32", "--train-batch", "16", "--repeats", "1",
@@ -495,3 +497,35 @@ def test_bench_proxies_runs(arch: str, fashion_dir: tuple[Path, dict[str, Any]])
             "train step",
         }
         assert all(r > 0 for r in layout.values())
+
+
+def test_bench_readme_loop_compares_each_crest_run_with_its_seeds_random_line() -> None:
+    def rec(method: str, seed: int, acc: float, wall: float, **extra: float) -> dict[str, Any]:
+        return {"method": method, "seed": seed, "acc": acc, "wall_s": wall, **extra}
+
+    runs = [
+        rec("random-0.1", 0, 80.0, 10.0), rec("random-0.15", 0, 82.0, 20.0),
+        rec("random-0.2", 0, 84.0, 30.0), rec("crest", 0, 82.5, 15.0, sampler_s=5.0),
+        rec("random-0.1", 1, 70.0, 10.0), rec("random-0.15", 1, 71.0, 20.0),
+        rec("crest", 1, 69.0, 40.0, sampler_s=9.0),  # (slower than every random run of seed 1)
+    ]  # fmt: skip
+    # seed 0: the random line at 15 s is 81.0 (halfway between 10 s and 20 s); seed 1: none
+    assert bench_readme_loop.equal_time(runs[3], runs[:3]) == pytest.approx(1.5)
+    assert bench_readme_loop.equal_time(runs[6], runs[4:6]) is None
+    text = bench_readme_loop.report(runs)
+    assert "| crest | 2 | 75.75 ± 9.55 | 27.50 ± 17.68 | 7.00 ± 2.83 |" in text
+    assert "| random-0.1 | 2 | 75.00 ± 7.07 | 10.00 ± 0.00 |  |" in text
+    assert "same seed: +2.50, -1.00 (mean +0.75)" in text
+    assert "CREST's seconds, same seed: +1.50 (mean +1.50)" in text
+
+
+@pytest.mark.parametrize("method", ["random-0.5", "crest"])
+def test_bench_readme_loop_runs(method: str, fashion_dir: tuple[Path, dict[str, Any]]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (a pool larger than 300 examples allow)
+        out = bench_readme_loop.run(method, 0, 1, fashion_dir[0], {})
+    assert out["method"] == method and 0.0 <= out["acc"] <= 100.0 and out["wall_s"] > 0
+    if method == "crest":
+        assert out["selections"] >= 1 and out["sampler_s"] > 0
+    with pytest.raises(ValueError, match="unknown method"):
+        bench_readme_loop.run("full", 0, 1, fashion_dir[0], {})
