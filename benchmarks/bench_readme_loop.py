@@ -4,8 +4,9 @@ examples: a check of the end-to-end benchmark's results on a third configuration
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``, read here from its IDX files), a per-item
 ``Dataset`` (no ``__getitems__``, no batch loader: the callback and the DataLoader load item by
 item and collate), a LeNet-style network without BatchNorm (conv 20, conv 40, 100 hidden units),
-SGD with momentum 0.9 from lr 0.05 without warm-up, ×0.1 after 50% and 75% of the epochs,
-15 epochs, batches of 128, one torch thread. None of this was chosen for CREST or tuned for it.
+SGD with momentum 0.9 from lr 0.05 without warm-up, ×0.1 after epochs E // 2 and 3E // 4 (7 and
+11 of the default E = 15 epochs), batches of 128, one torch thread. None of this was chosen for
+CREST or tuned for it.
 
 Methods: ``random-B`` (uniform random batches, a fraction B of an epoch's steps per epoch) and
 ``crest`` (the README's lines: ``GradientProxyCallback(model, train_set)``,
@@ -191,7 +192,10 @@ def report(runs: list[dict]) -> str:
         out += f" (mean {statistics.mean(same):+.2f})"
     if equal:
         out += "\nCREST − random at CREST's seconds, same seed: "
-        out += ", ".join(f"{d:+.2f}" for d in equal) + f" (mean {statistics.mean(equal):+.2f})"
+        out += ", ".join(f"{d:+.2f}" for d in equal) + f" (mean {statistics.mean(equal):+.2f}"
+        if len(equal) < len(same):
+            out += f"; {len(same) - len(equal)} seed(s) outside the random runs' times"
+        out += ")"
     return out
 
 

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--arch", choices=("cnn", "mlp"), default="mlp")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of random batches first")
     parser.add_argument("--pools", type=int, default=20)
+    parser.add_argument("--pool-size", type=int, default=384, help="r (CREST's default: 3m)")
+    parser.add_argument("--batch-size", type=int, default=128, help="m")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -53,23 +55,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = mlp() if args.arch == "mlp" else SmallCNN(in_channels=1, num_classes=10, width=16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
-    steps = len(train_set) // 10 // 128
+    m = args.batch_size
+    steps = max(1, len(train_set) // 10 // m)
     model.train()
     for _ in range(args.epochs):
         order = torch.randperm(len(train_set), generator=gen)
         for s in range(steps):
-            x, y = train_set.batch(order[s * 128 : (s + 1) * 128].tolist())
+            x, y = train_set.batch(order[s * m : (s + 1) * m].tolist())
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
     callback = GradientProxyCallback(model, train_set.batch)
-    pools = draw_pools(np.random.default_rng(0), np.arange(len(train_set)), labels, 384, args.pools)
+    pools = draw_pools(
+        np.random.default_rng(0), np.arange(len(train_set)), labels, args.pool_size, args.pools
+    )
     flat = np.concatenate(pools)
     proxies, losses = callback.proxies_and_losses(flat.tolist())
     positions = np.arange(len(flat)).reshape(len(pools), -1)
     coresets, weights = facility_location_coresets(
-        pools, positions, proxies, labels, batch_size=128, similarity="neg_distance",
+        pools, positions, proxies, labels, batch_size=m, similarity="neg_distance",
         weighting="cluster_size",
     )  # fmt: skip
     loss_of = dict(zip(flat.tolist(), losses.tolist(), strict=True))

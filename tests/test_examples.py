@@ -403,6 +403,7 @@ import bench_crest_ablation  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_proxies  # noqa: E402
 import bench_readme_loop  # noqa: E402
+import weights_and_losses  # noqa: E402
 
 
 def _run_record(name: str, seed: int, acc: float, seconds: float, **extra: float) -> dict[str, Any]:
@@ -516,7 +517,7 @@ def test_bench_readme_loop_compares_each_crest_run_with_its_seeds_random_line() 
     assert "| crest | 2 | 75.75 ± 9.55 | 27.50 ± 17.68 | 7.00 ± 2.83 |" in text
     assert "| random-0.1 | 2 | 75.00 ± 7.07 | 10.00 ± 0.00 |  |" in text
     assert "same seed: +2.50, -1.00 (mean +0.75)" in text
-    assert "CREST's seconds, same seed: +1.50 (mean +1.50)" in text
+    assert "CREST's seconds, same seed: +1.50 (mean +1.50; 1 seed(s) outside" in text
 
 
 @pytest.mark.parametrize("method", ["random-0.5", "crest"])
@@ -529,3 +530,13 @@ def test_bench_readme_loop_runs(method: str, fashion_dir: tuple[Path, dict[str, 
         assert out["selections"] >= 1 and out["sampler_s"] > 0
     with pytest.raises(ValueError, match="unknown method"):
         bench_readme_loop.run("full", 0, 1, fashion_dir[0], {})
+
+
+def test_weights_and_losses_runs(fashion_dir: tuple[Path, dict[str, Any]]) -> None:
+    argv = ["--arch", "mlp", "--epochs", "1", "--pools", "3", "--pool-size", "60",
+            "--batch-size", "20", "--data-dir", str(fashion_dir[0])]  # fmt: skip
+    out = weights_and_losses.main(argv)
+    assert -1.0 <= out["spearman"] <= 1.0 and out["max_weight"] >= 1.0
+    # weights of mean 1 over the 60 picks, split at the median loss
+    mean = (out["weight_above_median_loss"] + out["weight_below_median_loss"]) / 2
+    assert mean == pytest.approx(1.0, abs=0.05) and 0.1 <= out["top10_share"] <= 1.0

@@ -128,8 +128,11 @@ def test_every_sampler_refuses_another_kind_budget_or_version(name: str) -> None
                 make().load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with budget=0.1 but this sampler has budget=0.3"):
         build(budget=0.3).load_state_dict(state)
-    with pytest.raises(ValueError, match=r"reads version 4"):
+    with pytest.raises(ValueError, match=r"reads version 4$"):
         build().load_state_dict({**state, "version": 99})
+    # a state of the format before (3: no CREST ``weighting``) says it is older
+    with pytest.raises(ValueError, match=r"version 3, but .* reads version 4 \(it was saved by an"):
+        build().load_state_dict({**state, "version": 3})
     with pytest.raises(TypeError, match="state should be a mapping"):
         s.load_state_dict([state])  # type: ignore[arg-type]
     assert s.state_dict() == before  # refused states changed nothing

@@ -277,10 +277,13 @@ class Composite:
                 "sampler?)"
             )
         if version != self.version:
+            older = isinstance(version, int) and 1 < version < self.version
             raise ValueError(
                 f"state has format version {version!r}, but this {self.kind} reads version "
                 f"{self.version}"
-            )
+                + (" (it was saved by an earlier version of coreset_sampler: save it again with "
+                   "this one)" if older else "")
+            )  # fmt: skip
         self._check_config(state.get("config"))
         parts = {name: part for name, part in self.parts.items() if part.has_state}
         missing = sorted(set(parts) - set(state))

@@ -151,7 +151,10 @@ def test_uniform_weighting_keeps_the_picks_and_weighs_every_example_one(with_lab
 
 def test_every_batch_has_exactly_batch_size_elements_and_mean_one_weights() -> None:
     labels = np.arange(700) % 7
-    s = make(700, 9, labels=labels, pool_size=40, budget=0.5, reselect_every=3)
+    s = make(
+        700, 9, labels=labels, pool_size=40, budget=0.5, reselect_every=3,
+        weighting="cluster_size",
+    )  # fmt: skip
     for batch, w in stream(s):
         assert len(batch) == 9 == len(set(batch))
         assert abs(np.mean(w) - 1.0) < 1e-9
@@ -439,7 +442,8 @@ def test_state_round_trip_mid_epoch(variant: str) -> None:
 
     def build() -> tuple[CrestBatchSampler, Proxies]:
         cb = Proxies(n, losses=losses)
-        kw: dict[str, Any] = {"budget": 0.2}  # 15 steps per epoch
+        # (15 steps per epoch; the paper's weights, so that restored weights are checked too)
+        kw: dict[str, Any] = {"budget": 0.2, "weighting": "cluster_size"}
         if variant == "labels_drop_warmup":
             drop = DropLearned(window=2)
             kw.update(labels=np.arange(n) % 3, warmup_steps=2, drop_learned=drop, reselect_every=2)
@@ -869,8 +873,9 @@ def test_a_zero_initialised_head_gives_shared_weights_and_a_warning(with_labels:
     ds = TensorDataset(torch.randn(n, 4, generator=torch.Generator().manual_seed(0)), y)
     proxies = GradientProxyCallback(model, ds)
     s = CrestBatchSampler(
-        ds, 32, callback=proxies, labels=y if with_labels else None, budget=0.5, seed=0
-    )
+        ds, 32, callback=proxies, labels=y if with_labels else None, budget=0.5, seed=0,
+        weighting="cluster_size",  # (the paper's weights: shared among tied picks)
+    )  # fmt: skip
     with pytest.warns(UserWarning, match=r"picks have the same gradient proxy as another pick"):
         batch = next(iter(s))
     weights = torch.tensor([i.weight for i in batch])

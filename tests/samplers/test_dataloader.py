@@ -36,6 +36,7 @@ class ChangingProxies:
 
 def make(callback: Any = None, **kw: Any) -> CrestBatchSampler:
     kw.setdefault("budget", 0.5)  # 15 steps per epoch
+    kw.setdefault("weighting", "cluster_size")  # (weights that tell the batches apart)
     return CrestBatchSampler(
         N,
         8,
@@ -74,6 +75,7 @@ def test_every_batch_gets_its_own_weights(loader_kw: dict[str, Any]) -> None:
     loader = DataLoader(WithWeights(dataset()), batch_sampler=sampler, **loader_kw)
     assert len(loader) == len(sampler) == 15
     expected = reference(2)
+    assert len({tuple(ws) for _, ws, _ in expected}) > 10  # (a stale weight would show)
     got = []
     stale = 0
     for _ in range(2):

@@ -158,8 +158,9 @@ def worker(rank: int, port: int, out: str) -> None:
         torch.manual_seed(rank)  # different global RNG per rank: the sampler must not care
         # 1. agreement on the schedule, with a fake monitor whose opinions differ by rank
         sampler = CrestBatchSampler(
-            N, 8, callback=proxies, monitor=RankMonitor(rank), budget=0.8, seed=0
-        )
+            N, 8, callback=proxies, monitor=RankMonitor(rank), budget=0.8, seed=0,
+            weighting="cluster_size",  # (weights of mean 1 that are not all 1)
+        )  # fmt: skip
         batches = list(sampler)
         tel = sampler.telemetry
         # (the same with each coreset used once: the ranks reselect on the same steps for it
@@ -201,6 +202,7 @@ def worker(rank: int, port: int, out: str) -> None:
             "intervals": [r.interval for r in tel.selections],
             "batches": [[int(i) for i in b] for b in batches],
             "weights_mean": [sum(i.weight for i in b) / len(b) for b in batches],
+            "weights_vary": any(len({i.weight for i in b}) > 1 for b in batches),
             "train_batches": len(losses),
             "train_len": len(crest),
             "first_loss": losses[0],
@@ -220,7 +222,7 @@ def test_two_gloo_ranks_agree_and_train(tmp_path: Path) -> None:
     for r in (r0, r1):
         assert r["num_batches"] == r["len"] == 12  # ceil(0.8 · 240 / (8 · 2))
         assert r["batch_sizes"] == [8]
-        assert all(abs(m - 1.0) < 1e-9 for m in r["weights_mean"])
+        assert all(abs(m - 1.0) < 1e-9 for m in r["weights_mean"]) and r["weights_vary"]
     # both ranks check on the same steps (the smaller interval, 2) and reselect together,
     # although only rank 1's monitor ever asks for it
     assert r0["check_steps"] == r1["check_steps"] and len(r0["check_steps"]) >= 4

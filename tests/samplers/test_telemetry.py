@@ -59,7 +59,7 @@ def _crest(**kw: Any) -> CrestBatchSampler:
     kw.setdefault("callback", Proxies(n, losses=losses))
     return CrestBatchSampler(
         n, 5, pool_size=50, budget=0.3, reselect_every=3, seed=0,
-        drop_learned=DropLearned(window=2), **kw,
+        drop_learned=DropLearned(window=2), weighting="cluster_size", **kw,
     )  # fmt: skip
 
 

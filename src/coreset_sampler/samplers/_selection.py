@@ -3,9 +3,9 @@
 :class:`PoolSelection` draws P random pools (stratified by class with labels), asks the
 callback once for the proxies of every pooled example, and hands them to a ``solve`` function
 that turns each pool into a coreset with weights: :func:`facility_location_coresets` (CREST:
-greedy facility location per pool and class, cluster-size weights) or :func:`k_center_batches`
-(farthest-point picks, unit weights). The pure helpers (pool drawing, the largest-remainder
-split, weights of mean 1) are shared with CRAIG's whole-set selection.
+greedy facility location per pool and class; unit or cluster-size weights) or
+:func:`k_center_batches` (farthest-point picks, unit weights). The pure helpers (pool drawing,
+the largest-remainder split, weights of mean 1) are shared with CRAIG's whole-set selection.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def facility_location_coresets(
     *,
     batch_size: int,
     similarity: str,
-    weighting: str = "cluster_size",
+    weighting: str,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """CREST's coresets: every pool (and, with labels, every class of it, with ``m·q_c/r``
     picks by largest remainder) solved in one batched greedy facility-location call; weights
@@ -187,6 +187,8 @@ def facility_location_coresets(
         gammas[p].extend(sizes[b, :kb].tolist())
     if weighting == "uniform":
         return coresets, [[1.0] * len(c) for c in coresets]
+    if weighting != "cluster_size":
+        raise ValueError(f"weighting should be 'uniform' or 'cluster_size', got {weighting!r}")
     return coresets, [mean_one(g, m) for g in gammas]
 
 
@@ -215,7 +217,8 @@ def warn_if_tied(features: Tensor, indices: Tensor, whose: str) -> None:
             f"{duplicates} of {whose} {total} picks have the same gradient proxy as another "
             "pick: the proxies are tied (identical examples, or a model whose outputs do not "
             "yet depend on the input, such as a zero-initialised classifier head), so the "
-            "coresets are as good as random picks; their weights are shared equally",
+            "coresets are as good as random picks (with cluster-size weights, their weights are "
+            "shared equally)",
             UserWarning,
             stacklevel=2,
         )

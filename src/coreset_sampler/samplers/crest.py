@@ -1,4 +1,4 @@
-r"""CREST's weighted mini-batch coresets as a batch sampler for any DataLoader.
+r"""CREST's mini-batch coresets as a batch sampler for any DataLoader.
 
 CREST (Yang, Kang, Mirzasoleiman, "Towards Sustainable Learning: Coresets for Data-efficient Deep
 Learning", ICML 2023, arXiv 2306.01244) trains on small weighted *mini-batch coresets*: at a
@@ -60,7 +60,7 @@ IntArray = npt.NDArray[np.int64]
 
 
 class CrestBatchSampler(PoolSampler):
-    r"""Batch sampler that yields CREST's weighted mini-batch coresets (Yang et al., ICML 2023).
+    r"""Batch sampler that yields CREST's mini-batch coresets (Yang et al., ICML 2023).
 
     Every epoch has ``len(sampler) = ceil(budget · N / batch_size)`` batches (N the dataset
     size; ``drop_last=True`` rounds down; divided among ``num_replicas``), each one whole coreset
@@ -109,7 +109,7 @@ class CrestBatchSampler(PoolSampler):
         weighting: the coresets' weights: ``"uniform"`` (1 each, the default) or
             ``"cluster_size"`` (the paper's: each pick weighs the size of the cluster it
             covers in its pool, mean 1 per coreset). The picks are the same; unweighted
-            coresets trained to higher accuracy in every configuration measured, see
+            coresets trained to a higher mean accuracy in the three configurations measured, see
             ``docs/algorithm.md``.
         drop_learned: ``True`` (the paper's rule, :class:`DropLearned` defaults), ``False``,
             or a :class:`DropLearned` with other α, T2 or cap.
