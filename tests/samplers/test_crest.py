@@ -20,7 +20,7 @@ from coreset_sampler._checks import check_labels
 from coreset_sampler.gradients import cross_entropy_logit_grad, last_layer_grad
 from coreset_sampler.kernels import greedy_facility_location
 from coreset_sampler.samplers import CrestBatchSampler, RandomBatchSampler
-from coreset_sampler.samplers._selection import draw_pools
+from coreset_sampler.samplers._selection import draw_pools, facility_location_coresets
 from coreset_sampler.samplers._selection import largest_remainder as _largest_remainder
 from coreset_sampler.weights import WithWeights
 
@@ -147,6 +147,12 @@ def test_uniform_weighting_keeps_the_picks_and_weighs_every_example_one(with_lab
         make(n, m, labels=labels).load_state_dict(saved)  # (uniform: the default)
     with pytest.raises(ValueError, match="weighting"):
         make(n, m, weighting="sizes")
+    pools = [np.arange(30, dtype=np.int64)]
+    with pytest.raises(ValueError, match="weighting should be 'uniform' or 'cluster_size'"):
+        facility_location_coresets(
+            pools, np.arange(30).reshape(1, -1), torch.randn(30, 3), None,
+            batch_size=5, similarity="neg_distance", weighting="sizes",
+        )  # fmt: skip
 
 
 def test_every_batch_has_exactly_batch_size_elements_and_mean_one_weights() -> None:
