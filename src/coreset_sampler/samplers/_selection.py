@@ -136,6 +136,10 @@ class PoolSelection(Stateful):
         return Selected(coresets, weights, unique, losses, callback_seconds, kernel_seconds)
 
 
+# the coresets' weights: 1 each (the default), or the paper's cluster sizes (mean 1)
+WEIGHTINGS = ("uniform", "cluster_size")
+
+
 def facility_location_coresets(
     pools: list[IntArray],
     positions: IntArray,
@@ -185,10 +189,11 @@ def facility_location_coresets(
     for b, (p, rows, kb) in enumerate(problems):
         coresets[p].extend(pools[p][rows[picks[b, :kb]]].tolist())
         gammas[p].extend(sizes[b, :kb].tolist())
+    if weighting not in WEIGHTINGS:
+        names = " or ".join(map(repr, WEIGHTINGS))
+        raise ValueError(f"weighting should be {names}, got {weighting!r}")
     if weighting == "uniform":
         return coresets, [[1.0] * len(c) for c in coresets]
-    if weighting != "cluster_size":
-        raise ValueError(f"weighting should be 'uniform' or 'cluster_size', got {weighting!r}")
     return coresets, [mean_one(g, m) for g in gammas]
 
 

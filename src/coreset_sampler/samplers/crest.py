@@ -46,13 +46,11 @@ from coreset_sampler.weights import WeightedIndex
 from ._base import PoolSampler
 from ._dropper import DropLearned, LearnedExampleDropper
 from ._policy import EveryNSteps, MonitorChecks, SelectionMonitor
-from ._selection import PoolSelection, Selected, facility_location_coresets
+from ._selection import WEIGHTINGS, PoolSelection, Selected, facility_location_coresets
 from ._stream import BudgetedStream, CoresetCycle, agree, agreement_group
 from ._telemetry import Telemetry
 
 __all__ = ["CrestBatchSampler"]
-
-WEIGHTINGS = ("uniform", "cluster_size")
 
 logger = logging.getLogger(__name__)
 
